@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from agent import quantize as Q
+
 Objective = Callable[[Tensor], Tensor]  # codes (M, N, K) -> values (M,)
 SampleEstimator = Callable[[Tensor, Tensor], Tensor]  # logits (M, N, K), index (M, N) -> codes (M, N, K)
 NoisyEstimator = Callable[[Tensor, torch.Generator], Tensor]  # logits (M, N, K), generator -> codes
@@ -43,15 +45,23 @@ def exact_gradient(logits: Tensor, f: Objective) -> Tensor:
     return grad
 
 
-def expected_estimate(logits: Tensor, f: Objective, estimator: SampleEstimator) -> Tensor:
-    """E_z[ĝ(z)] of an estimator that is deterministic given the sample z, by enumeration: (N, K)."""
+def outcome_estimates(logits: Tensor, f: Objective, estimator: SampleEstimator) -> tuple[Tensor, Tensor]:
+    """The estimate ĝ(z) for every outcome z, and p_θ(z): ((K^N, N, K), (K^N,)).
+
+    For an estimator that is deterministic given the sample these are its whole distribution, so its
+    exact mean is Σ_z p(z) ĝ(z) and its exact variance Σ_z p(z) ‖ĝ(z) - mean‖².
+    """
     n, k = logits.shape
     outcomes = all_outcomes(n, k)
-    weights = outcome_probs(logits.detach(), outcomes)
-    theta = logits.detach().clone().requires_grad_()
-    codes = estimator(theta.expand(len(outcomes), n, k), outcomes)
-    (grad,) = torch.autograd.grad((weights * f(codes)).sum(), theta)
-    return grad
+    theta = logits.detach().expand(len(outcomes), n, k).clone().requires_grad_()
+    (grads,) = torch.autograd.grad(f(estimator(theta, outcomes)).sum(), theta)
+    return grads, outcome_probs(logits.detach(), outcomes)
+
+
+def expected_estimate(logits: Tensor, f: Objective, estimator: SampleEstimator) -> Tensor:
+    """E_z[ĝ(z)] of an estimator that is deterministic given the sample z, by enumeration: (N, K)."""
+    grads, probs = outcome_estimates(logits, f, estimator)
+    return torch.einsum("m,mnk->nk", probs, grads)
 
 
 def sampled_estimates(
@@ -61,6 +71,48 @@ def sampled_estimates(
     theta = logits.detach().expand(samples, *logits.shape).clone().requires_grad_()
     (grad,) = torch.autograd.grad(f(estimator(theta, generator)).sum(), theta)
     return grad
+
+
+# Estimators in this module's calling conventions.
+
+
+def straight_through(logits: Tensor, index: Tensor) -> Tensor:
+    """Straight-through categorical given the sample (no unimix)."""
+    return Q.categorical_st(logits.softmax(-1), index)
+
+
+def reinmax(logits: Tensor, index: Tensor, tau: float = 1.0) -> Tensor:
+    """ReinMax given the sample."""
+    return Q.reinmax_st(logits, index, tau)
+
+
+def sampled(estimator: SampleEstimator) -> NoisyEstimator:
+    """A sample-given estimator applied to a fresh sample z ~ p_θ."""
+
+    def noisy(logits: Tensor, generator: torch.Generator) -> Tensor:
+        return estimator(logits, Q.sample_index(logits.detach().softmax(-1), generator))
+
+    return noisy
+
+
+def st_gumbel(tau: float) -> NoisyEstimator:
+    """Straight-through Gumbel-Softmax at temperature tau."""
+
+    def noisy(logits: Tensor, generator: torch.Generator) -> Tensor:
+        return Q.gumbel_st(logits, Q.gumbel_noise(logits.shape, generator, dtype=logits.dtype), tau)[0]
+
+    return noisy
+
+
+def gumbel_rao(tau: float, samples: int) -> NoisyEstimator:
+    """Gumbel-Rao with `samples` conditional draws at temperature tau."""
+
+    def noisy(logits: Tensor, generator: torch.Generator) -> Tensor:
+        logp = logits.log_softmax(-1)
+        index = Q.sample_index(logp.detach().exp(), generator)
+        return Q.gumbel_rao_st(logp, index, Q.conditional_gumbel(logp, index, samples, generator), tau)
+
+    return noisy
 
 
 # Objectives: each returns f(codes) for codes (M, N, K) -> (M,), fixed by a generator.
