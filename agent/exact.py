@@ -134,9 +134,7 @@ def quadratic_objective(n: int, k: int, generator: torch.Generator, dtype=torch.
     return f
 
 
-def decoder_objective(
-    n: int, k: int, generator: torch.Generator, hidden: int = 32, dtype=torch.float64
-) -> Objective:
+def decoder_objective(n: int, k: int, generator: torch.Generator, hidden: int = 32, dtype=torch.float64) -> Objective:
     """Squared error of a fixed random tanh-MLP decoder against a random target: a small stand-in for
     a world model's reconstruction loss."""
     w1 = torch.randn(n * k, hidden, generator=generator, dtype=dtype) / n**0.5

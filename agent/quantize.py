@@ -92,9 +92,7 @@ class Quantizer(nn.Module):
     input_shape: tuple[int, ...]
     alphabet: tuple[int, ...]
 
-    def forward(
-        self, x: Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
-    ) -> Quantized:
+    def forward(self, x: Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None) -> Quantized:
         raise NotImplementedError
 
     def codes(self, index: Tensor) -> Tensor:
@@ -328,9 +326,7 @@ def reinmax_st(logits: Tensor, index: Tensor, tau: float) -> Tensor:
 
 
 @torch.no_grad()
-def conditional_gumbel(
-    logits: Tensor, index: Tensor, samples: int, generator: torch.Generator | None = None
-) -> Tensor:
+def conditional_gumbel(logits: Tensor, index: Tensor, samples: int, generator: torch.Generator | None = None) -> Tensor:
     """R samples of logits + Gumbel noise conditioned on argmax == index: (..., K) -> (R, ..., K).
 
     Top-down construction (Maddison et al. 2014): the maximum is -log E_k + log Z, every other class
@@ -384,9 +380,7 @@ class Categorical(Quantizer):
     def forward(self, logits, *, deterministic=False, generator=None) -> Quantized:
         logp = unimix_log_probs(logits, self.unimix)
         code, index = self.estimate(logp, deterministic, generator)
-        return Quantized(
-            code=code, index=index, alphabet=self.alphabet, loss=logits.new_zeros(()), logits=logp
-        )
+        return Quantized(code=code, index=index, alphabet=self.alphabet, loss=logits.new_zeros(()), logits=logp)
 
     def estimate(self, logp: Tensor, deterministic: bool, generator) -> tuple[Tensor, Tensor]:
         probs = logp.exp()
@@ -417,9 +411,7 @@ class Gumbel(Categorical):
 
     def estimate(self, logp, deterministic, generator):
         noise = (
-            torch.zeros_like(logp)
-            if deterministic
-            else gumbel_noise(logp.shape, generator, logp.device, logp.dtype)
+            torch.zeros_like(logp) if deterministic else gumbel_noise(logp.shape, generator, logp.device, logp.dtype)
         )
         return gumbel_st(logp, noise, self.tau)
 

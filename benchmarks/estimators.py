@@ -177,9 +177,7 @@ def run_problem(
 
     results = {
         "initial θ": {"gap": optimality_gap(theta, outcomes, values)},
-        "exact gradient": {
-            "gap": optimality_gap(optimise(theta, true_gradient, config, noise()), outcomes, values)
-        },
+        "exact gradient": {"gap": optimality_gap(optimise(theta, true_gradient, config, noise()), outcomes, values)},
     }
     for estimator in estimators:
         metrics = estimator_moments(theta, f, exact, estimator, config.mc_samples, noise())
@@ -243,12 +241,8 @@ def grid_table(settings: list[dict], metric: str, estimators: list[Estimator]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/estimators.json"))
-    parser.add_argument(
-        "--seeds", type=int, default=None, help="problem seeds per setting (default 10; 3 quick)"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="one setting, fewer seeds and samples: a smoke run"
-    )
+    parser.add_argument("--seeds", type=int, default=None, help="problem seeds per setting (default 10; 3 quick)")
+    parser.add_argument("--quick", action="store_true", help="one setting, fewer seeds and samples: a smoke run")
     args = parser.parse_args()
     config = QUICK if args.quick else Config()
     if args.seeds is not None:

@@ -151,8 +151,7 @@ def test_fsq_codebook_size_and_index_code_index_round_trip(levels, size):
     assert len(torch.unique(codes, dim=0)) == size
     # the forward pass reaches every code: at inputs whose bounded value is each level's centre ...
     preimages = [
-        torch.atanh((torch.arange(n) - n // 2 + q.offset[d]) / q.half_l[d]) - q.shift[d]
-        for d, n in enumerate(levels)
+        torch.atanh((torch.arange(n) - n // 2 + q.offset[d]) / q.half_l[d]) - q.shift[d] for d, n in enumerate(levels)
     ]
     reached = torch.unique(q(torch.cartesian_prod(*preimages)).code, dim=0)
     assert torch.equal(reached, torch.unique(codes, dim=0))

@@ -1,0 +1,204 @@
+"""The public API, in the habits of Stable-Baselines3: create, learn, act, evaluate, save, load."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import envs
+from agent import checkpoint, quantize
+from agent.behavior import ActorCritic
+from agent.config import Config, flatten, from_dict, make_config
+from agent.trainer import Trainer, evaluate
+from agent.world_model import Latent, WorldModel
+
+CHECKPOINT_NAMES = ("best", "last")
+
+
+@dataclass
+class PolicyState:
+    """The recurrent state a policy carries between steps: the latent and the last action taken."""
+
+    latent: Latent
+    action: Tensor
+
+
+class Agent:
+    """A world-model agent: a `WorldModel` and an `ActorCritic` built for one environment's spaces.
+
+    >>> agent = Agent.create("CartPole-v1", quantizer="gumbel", train={"steps": 20_000})
+    >>> agent.learn()
+    >>> action, state = agent.act(obs)            # state=None starts an episode
+    >>> action, state = agent.act(next_obs, state)
+    >>> agent.save("runs/mine"); agent = Agent.load("runs/mine")
+    """
+
+    def __init__(self, config: Config, obs_shape: tuple[int, ...], action_dim: int, discrete: bool):
+        self.config = config
+        self.obs_shape, self.action_dim, self.discrete = tuple(obs_shape), action_dim, discrete
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        quantizer = quantize.make(config.quantizer, **config.quantizer_options)
+        self.world_model = WorldModel(obs_shape[0], action_dim, config.model, quantizer).to(self.device)
+        feat_dim = config.model.deter + quantizer.code_size
+        self.actor_critic = ActorCritic(
+            feat_dim, action_dim, discrete, config.actor_critic, config.model.hidden, config.model.layers
+        ).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.counters = {"env_steps": 0, "updates": 0, "episodes": 0}
+        self.trainer = None
+
+    # --- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, env_id: str = "CartPole-v1", quantizer: str = "categorical", preset: str = "default", **config: Any
+    ) -> Agent:
+        """An untrained agent for `env_id`. `config` holds top-level fields (seed, device,
+        quantizer_options) and sections as dicts, e.g. model={"deter": 64}, train={"steps": 5000}."""
+        return cls.from_config(make_config(preset, flatten(config), env_id=env_id, quantizer=quantizer))
+
+    @classmethod
+    def from_config(cls, config: Config) -> Agent:
+        """An untrained agent for a validated config, sized for its environment's spaces."""
+        env = envs.make(config.env_id)
+        action_dim, discrete = envs.action_info(env.action_space)
+        obs_shape = env.observation_space.shape
+        env.close()
+        return cls(config, obs_shape, action_dim, discrete)
+
+    # --- acting -------------------------------------------------------------------------------------
+
+    def initial_state(self, batch: int) -> PolicyState:
+        latent, action = self.world_model.initial(batch)
+        return PolicyState(latent, action)
+
+    @torch.inference_mode()
+    def policy_step(
+        self, obs: np.ndarray, state: PolicyState, is_first: np.ndarray, deterministic: bool
+    ) -> tuple[np.ndarray, PolicyState]:
+        """Batched acting: obs (N, ...), is_first (N,) -> action vectors (N, A) and the next state."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        first = torch.as_tensor(is_first, dtype=torch.bool, device=self.device)
+        latent = self.world_model.observe_step(
+            state.latent, state.action, obs_t, first, deterministic=deterministic, generator=self.generator
+        )
+        policy = self.actor_critic.policy(latent.features())
+        action = policy.mode() if deterministic else policy.sample(self.generator)
+        return action.cpu().numpy(), PolicyState(latent, action)
+
+    def act(
+        self,
+        obs: np.ndarray,
+        state: PolicyState | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, PolicyState]:
+        """The action(s) the environment takes for one observation or a batch of them.
+
+        state=None starts new episodes; episode_start (N,) marks rows that start one mid-batch.
+        Returns (action, state): pass the state back with the next observation.
+        """
+        obs = np.asarray(obs, dtype=np.float32)
+        single = obs.shape == self.obs_shape
+        if not single and obs.shape[1:] != self.obs_shape:
+            raise ValueError(f"observation shape {obs.shape} does not match the agent's {self.obs_shape}")
+        batch = obs[None] if single else obs
+        if state is None:
+            state = self.initial_state(len(batch))
+            is_first = np.ones(len(batch), bool)
+        else:
+            is_first = np.zeros(len(batch), bool) if episode_start is None else np.asarray(episode_start, bool)
+        action, state = self.policy_step(batch, state, is_first, deterministic)
+        env_action = envs.to_env_action(action, self.discrete)
+        return (env_action[0] if single else env_action), state
+
+    # --- learning and evaluation ---------------------------------------------------------------------
+
+    def learn(
+        self,
+        steps: int | None = None,
+        run_dir: str | Path | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Agent:
+        """Train for `steps` more env steps (default: config.train.steps), alternating collection and
+        updates. With run_dir, writes config.json, metrics.jsonl and best/last checkpoints there."""
+        if self.trainer is None:
+            self.trainer = Trainer(self, run_dir)
+        self.trainer.learn(steps if steps is not None else self.config.train.steps, on_log)
+        return self
+
+    def evaluate(self, episodes: int = 10, seed: int = 0) -> dict[str, Any]:
+        """Returns and lengths of `episodes` deterministic episodes (no exploration)."""
+        return evaluate(self, episodes, seed)
+
+    # --- persistence --------------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        tensors = {f"world_model.{k}": v for k, v in self.world_model.state_dict().items()}
+        tensors.update({f"actor_critic.{k}": v for k, v in self.actor_critic.state_dict().items()})
+        return tensors
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "obs_shape": list(self.obs_shape),
+            "action_dim": self.action_dim,
+            "discrete": self.discrete,
+            "counters": self.counters,
+        }
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Save the weights and config. A path ending in .safetensors is the file itself; any other
+        path is a folder that receives agent.safetensors. Returns the file written."""
+        path = Path(path)
+        file = path if path.suffix == ".safetensors" else path / "agent.safetensors"
+        checkpoint.save(file, self.state_tensors(), {**self.metadata(), **(extra or {})})
+        return file
+
+    @classmethod
+    def load(cls, path: str | Path, which: str = "best", device: str | None = None) -> Agent:
+        """Load a saved agent: a .safetensors file, a folder written by save(), or a run folder
+        (its `which` checkpoint, best or last, falling back to the other)."""
+        file = find_checkpoint(Path(path), which)
+        tensors, meta = checkpoint.load(file)
+        try:
+            config = from_dict(meta["config"])
+            if device is not None:
+                config.device = device
+            agent = cls(config, tuple(meta["obs_shape"]), int(meta["action_dim"]), bool(meta["discrete"]))
+            split = {"world_model": {}, "actor_critic": {}}
+            for key, value in tensors.items():
+                module, _, name = key.partition(".")
+                split[module][name] = value
+            agent.world_model.load_state_dict(split["world_model"])
+            agent.actor_critic.load_state_dict(split["actor_critic"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            reason = str(error).splitlines()[0]
+            raise checkpoint.CheckpointError(f"{file}: does not match this version of the agent ({reason})") from None
+        agent.counters.update(meta.get("counters", {}))
+        agent.loaded_from = file
+        agent.checkpoint_info = meta
+        return agent
+
+
+def find_checkpoint(path: Path, which: str = "best") -> Path:
+    """The checkpoint file a path names; CheckpointError (one line) if there is none."""
+    if which not in CHECKPOINT_NAMES:
+        raise checkpoint.CheckpointError(f"checkpoint must be one of {', '.join(CHECKPOINT_NAMES)}, got {which!r}")
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise checkpoint.CheckpointError(f"{path}: no such file or folder")
+    order = [which] + [n for n in CHECKPOINT_NAMES if n != which]
+    candidates = [path / "checkpoints" / f"{name}.safetensors" for name in order] + [path / "agent.safetensors"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise checkpoint.CheckpointError(f"{path}: no checkpoint found (looked for checkpoints/best|last.safetensors)")

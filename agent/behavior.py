@@ -1,0 +1,146 @@
+"""Actor-critic learned purely from rollouts imagined by the world model (DreamerV3).
+
+From every replayed posterior state the actor acts for `horizon` steps inside the model. The critic
+(a symlog two-hot distribution, regularised towards a slow EMA copy of itself) learns lambda-returns;
+the actor maximises returns normalised by an EMA of their 5th-95th percentile range, with an entropy
+bonus. Gradients for the actor: REINFORCE (discrete actions; the rollout itself needs no graph), or
+backpropagation through the imagined dynamics, i.e. through the straight-through codes (continuous).
+
+Shape legend: H horizon, N start states, F features, A action dims.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from agent.config import ActorCriticConfig
+from agent.nets import MLP, BoundedNormal, OneHotPolicy, TwoHot, symlog_bins
+from agent.world_model import Latent, WorldModel
+
+
+def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam: float) -> Tensor:
+    """TD(lambda) returns of imagined trajectories.
+
+    reward, cont: (H, N) for the states reached by each step (s_1..s_H); value: (H + 1, N) for s_0..s_H.
+    R_t = r_{t+1} + gamma c_{t+1} ((1 - lam) v_{t+1} + lam R_{t+1}), bootstrapped with R_H = v_H.
+    A terminal state (c = 0) ends the sum; the end of the horizon bootstraps, as a time limit does.
+    Returns (H, N) for s_0..s_{H-1}.
+    """
+    assert reward.shape == cont.shape and value.shape[0] == reward.shape[0] + 1, (reward.shape, cont.shape, value.shape)
+    ret = value[-1]
+    out = []
+    for t in reversed(range(reward.shape[0])):
+        ret = reward[t] + gamma * cont[t] * ((1 - lam) * value[t + 1] + lam * ret)
+        out.append(ret)
+    return torch.stack(out[::-1])
+
+
+class ReturnNorm(nn.Module):
+    """Scale = max(1, EMA(P95) - EMA(P5)) of the returns: advantages are divided by it, so one entropy
+    coefficient suits sparse and dense rewards alike, while small returns are not blown up."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+
+    def update(self, returns: Tensor) -> Tensor:
+        low, high = torch.quantile(
+            returns.detach().flatten().float(), torch.tensor([0.05, 0.95], device=returns.device)
+        )
+        if not self.started:
+            self.low.copy_(low), self.high.copy_(high), self.started.fill_(True)
+        else:
+            self.low.lerp_(low, 1 - self.decay), self.high.lerp_(high, 1 - self.decay)
+        return self.scale()
+
+    def scale(self) -> Tensor:
+        return (self.high - self.low).clamp_min(1.0)
+
+
+class ActorCritic(nn.Module):
+    def __init__(
+        self, feat_dim: int, action_dim: int, discrete: bool, cfg: ActorCriticConfig, hidden: int, layers: int
+    ):
+        super().__init__()
+        self.cfg, self.discrete = cfg, discrete
+        self.actor = MLP(feat_dim, action_dim if discrete else 2 * action_dim, hidden, layers)
+        self.critic = MLP(feat_dim, cfg.critic_bins, hidden, layers, zero_out=True)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("critic_grid", symlog_bins(cfg.critic_bins), persistent=False)
+        self.return_norm = ReturnNorm(cfg.return_norm_decay)
+        mode = cfg.actor_grad if cfg.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
+        self.backprop = mode == "dynamics"
+
+    def policy(self, feat: Tensor) -> OneHotPolicy | BoundedNormal:
+        out = self.actor(feat)
+        return OneHotPolicy(out) if self.discrete else BoundedNormal(out)
+
+    def value(self, feat: Tensor, slow: bool = False) -> TwoHot:
+        return TwoHot((self.slow_critic if slow else self.critic)(feat), self.critic_grid)
+
+    def imagine(
+        self, world_model: WorldModel, start: Latent, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Roll the policy out in the model: start (N, ...) -> features (H + 1, N, F), actions (H, N, A).
+        Only a dynamics-backprop actor needs the rollout's graph."""
+        with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
+            latent = start
+            feats, actions = [latent.features()], []
+            for _ in range(self.cfg.horizon):
+                action = self.policy(feats[-1].detach() if not self.backprop else feats[-1]).sample(generator)
+                latent = world_model.imagine_step(latent, action, generator)
+                feats.append(latent.features())
+                actions.append(action)
+        return torch.stack(feats), torch.stack(actions)
+
+    def loss(
+        self, world_model: WorldModel, feats: Tensor, actions: Tensor, start_cont: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(actor loss, critic loss, metrics) for an imagined batch; start_cont (N,) is 1 - is_terminal
+        of the real start states, whose trajectories carry no weight when they are terminal."""
+        cfg = self.cfg
+        reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
+        cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)
+        critic_logits = self.critic(feats)  # (H + 1, N, bins): one pass serves returns and critic loss
+        value = TwoHot(critic_logits, self.critic_grid).mean()  # (H + 1, N)
+        returns = lambda_return(reward, cont, value, cfg.gamma, cfg.lam)  # (H, N)
+        # weight of each state: the probability that the trajectory is still running, discounted
+        alive = torch.cat([start_cont.unsqueeze(0), cont[:-1]], 0)
+        weight = (torch.cumprod(cfg.gamma * alive, 0) / cfg.gamma).detach()  # (H, N)
+
+        scale = self.return_norm.update(returns)
+        policy = self.policy(feats[:-1] if self.backprop else feats[:-1].detach())
+        entropy = policy.entropy()
+        if self.backprop:
+            objective = returns / scale
+        else:
+            advantage = ((returns - value[:-1]) / scale).detach()
+            objective = policy.log_prob(actions.detach()) * advantage
+        actor_loss = -(weight * (objective + cfg.entropy * entropy)).mean()
+
+        # The critic's own loss: only the critic's parameters are updated with it (see trainer).
+        dist = TwoHot(critic_logits[:-1], self.critic_grid)
+        with torch.no_grad():
+            slow_target = self.value(feats[:-1], slow=True).mean()
+        critic_loss = -(
+            weight * (dist.log_prob(returns.detach()) + cfg.slow_critic_reg * dist.log_prob(slow_target))
+        ).mean()
+        metrics = {
+            "actor/entropy": entropy.mean().detach(),
+            "actor/return_scale": scale.detach(),
+            "actor/imag_return": returns.mean().detach(),
+            "actor/imag_reward": reward.mean().detach(),
+            "actor/value": value.mean().detach(),
+        }
+        return actor_loss, critic_loss, metrics
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
+            slow.lerp_(fast, 1 - self.cfg.slow_critic_decay)

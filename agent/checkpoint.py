@@ -1,0 +1,72 @@
+"""Atomic, safe checkpoints: one safetensors file holding the weights, with JSON metadata in its header.
+
+Loading never executes code from the file (safetensors stores raw tensors; metadata is parsed as
+JSON), so a checkpoint received from someone else is safe to evaluate or watch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+FORMAT = "stdreamer-checkpoint-1"
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(temp_path), then rename the temporary file over `path`: an interrupted write leaves
+    the previous version intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write weights and JSON-serialisable metadata to one .safetensors file, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    header = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def load(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) from a checkpoint written by `save`; CheckpointError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a checkpoint of this project (format {header.get('format')!r})")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        metadata = {k: json.loads(v) for k, v in header.items() if k != "format"}
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({reason})") from None
+    return tensors, metadata

@@ -1,0 +1,300 @@
+"""Configuration: one dataclass per component, nested in `Config`; named presets; strict overrides.
+
+Every default lives here. A preset is a dict of overrides applied to the defaults; `--set key=value`
+overrides are applied on top (keys are `section.field`, e.g. `model.deter=256`, or a top-level
+field such as `seed=3`; quantizer options are `quantizer_options.<name>`). Unknown keys, wrong types
+and out-of-range values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import quantize
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """The world model: recurrent state h (deter), discrete code c, heads, losses."""
+
+    deter: int = 128  # size of the recurrent state h
+    hidden: int = 128  # width of every MLP layer
+    layers: int = 1  # hidden layers in the encoder, decoder and heads
+    reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
+    free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
+    dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
+    rep_scale: float = 0.1  # weight of the representation loss (pulls the posterior to the prior)
+    unimix: float = 0.01  # uniform mixture of the prior (and of categorical posteriors)
+    lr: float = 3e-4  # Adam learning rate
+    eps: float = 1e-8  # Adam epsilon
+    grad_clip: float = 1000.0  # global gradient-norm clip
+
+
+@dataclass
+class ActorCriticConfig:
+    """Behaviour learned on imagined rollouts."""
+
+    horizon: int = 15  # imagined steps from every start state
+    gamma: float = 0.985  # discount
+    lam: float = 0.95  # lambda of the lambda-returns
+    entropy: float = 3e-4  # entropy bonus (returns are normalised, so one value fits many envs)
+    actor_grad: str = "auto"  # reinforce | dynamics (backprop through the model) | auto (by action space)
+    starts: int = 256  # imagination start states per update, drawn from the replayed ones (0: all)
+    critic_bins: int = 63  # two-hot bins of the critic
+    slow_critic_decay: float = 0.98  # EMA decay of the slow critic
+    slow_critic_reg: float = 1.0  # weight of the pull towards the slow critic
+    return_norm_decay: float = 0.99  # EMA decay of the return percentiles
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-4
+    eps: float = 1e-5
+    grad_clip: float = 100.0
+
+
+@dataclass
+class TrainConfig:
+    """Collection, replay and the schedule of updates."""
+
+    steps: int = 15_000  # env steps to train for
+    batch: int = 16  # sequences per update
+    seq_len: int = 32  # steps per sequence
+    train_ratio: float = 64.0  # replayed steps per env step (updates = steps * ratio / (batch * seq_len))
+    prefill: int = 1000  # env steps of random actions before training starts
+    envs: int = 1  # environments stepped in parallel
+    replay_capacity: int = 1_000_000  # env steps kept in the replay buffer
+    recency: float = 0.0  # replay sampling weight (age + 1) ** -recency; 0 is uniform
+    eval_every: int = 1000  # env steps between evaluations (0: never)
+    eval_episodes: int = 10  # episodes per evaluation
+    log_every: int = 250  # env steps between metric lines
+
+
+@dataclass
+class Config:
+    env_id: str = "CartPole-v1"
+    quantizer: str = "categorical"  # one of agent.quantize.QUANTIZERS
+    quantizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"groups": 32}
+    seed: int = 0
+    device: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+SECTIONS = {"model": ModelConfig, "actor_critic": ActorCriticConfig, "train": TrainConfig}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The CPU default: the dataclass defaults above.
+    "default": {},
+    # Seconds, for tests and smoke runs.
+    "tiny": {
+        "model.deter": 32,
+        "model.hidden": 32,
+        "actor_critic.horizon": 5,
+        "actor_critic.critic_bins": 31,
+        "model.reward_bins": 31,
+        "train.batch": 4,
+        "train.seq_len": 8,
+        "train.train_ratio": 8.0,
+        "actor_critic.starts": 0,
+        "train.prefill": 100,
+        "train.steps": 500,
+        "train.eval_every": 250,
+        "train.eval_episodes": 2,
+        "train.log_every": 50,
+    },
+    # Wider networks for a GPU.
+    "large": {
+        "model.deter": 512,
+        "model.hidden": 512,
+        "model.layers": 2,
+        "model.reward_bins": 255,
+        "actor_critic.critic_bins": 255,
+        "train.batch": 16,
+        "train.seq_len": 64,
+        "actor_critic.starts": 0,
+    },
+}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(key: str, value: Any, kind: Any) -> Any:
+    """Convert a value (a string from the command line, or a JSON value) to the field's type."""
+    text = value.strip() if isinstance(value, str) else None
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if text is not None and text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text is not None and text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(text.replace("_", "")) if text is not None else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(text.replace("_", "")) if text is not None else float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if kind is tuple:
+            items = text.strip("()[]").split(",") if text is not None else list(value)
+            return tuple(int(str(item).strip()) for item in items if str(item).strip())
+    except (ValueError, TypeError, AttributeError):
+        pass
+    name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"{key}: expected {name}, got {value!r}")
+
+
+def _quantizer_option_type(name: str, option: str) -> Any:
+    default = quantize.options_of(name)[option]
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float, str, tuple)):
+        return type(default)
+    return float  # options whose default is None (e.g. gumbel's tau_final) are numbers
+
+
+def set_value(config: Config, key: str, value: Any) -> None:
+    """Set `section.field` (or a top-level field) from a string or JSON value, with type checks."""
+    head, _, rest = key.partition(".")
+    if head == "quantizer_options" and rest:
+        options = quantize.options_of(config.quantizer)
+        if rest not in options:
+            raise ConfigError(
+                f"{key}: quantizer {config.quantizer!r} has no option {rest!r}; options: {', '.join(options)}"
+            )
+        config.quantizer_options[rest] = _convert(key, value, _quantizer_option_type(config.quantizer, rest))
+        return
+    if head in SECTIONS:
+        section = getattr(config, head)
+        types = _field_types(SECTIONS[head])
+        if rest not in types:
+            raise ConfigError(f"unknown key {key!r}; {head} has: {', '.join(types)}")
+        setattr(section, rest, _convert(key, value, types[rest]))
+        return
+    types = {k: v for k, v in _field_types(Config).items() if k not in SECTIONS and k != "quantizer_options"}
+    if rest or head not in types:
+        known = [*types, *(f"{s}.<field>" for s in SECTIONS), "quantizer_options.<option>"]
+        raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(known)}")
+    setattr(config, head, _convert(key, value, types[head]))
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """["a.b=1", "c=x"] -> {"a.b": "1", "c": "x"}; an item without '=' is an error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def make_config(preset: str = "default", overrides: dict[str, Any] | None = None, **top: Any) -> Config:
+    """The defaults, then the preset, then `top` (top-level fields such as env_id, quantizer, seed),
+    then `overrides` ({"section.field": value}); validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    config = Config()
+    for key, value in {**PRESETS[preset], **top, **(overrides or {})}.items():
+        set_value(config, key, value)
+    validate(config)
+    return config
+
+
+def flatten(nested: dict[str, Any]) -> dict[str, Any]:
+    """{"model": {"deter": 64}, "seed": 1} -> {"model.deter": 64, "seed": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if key in SECTIONS or key == "quantizer_options":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected an object of fields, got {value!r}")
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """The inverse of Config.to_dict; unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a JSON object")
+    config = Config()
+    flat = flatten(data)
+    # the quantizer's name decides which options exist, so it is set first
+    if "quantizer" in flat:
+        set_value(config, "quantizer", flat.pop("quantizer"))
+    for key, value in flat.items():
+        set_value(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Ranges and cross-field invariants; the message names the key and the value."""
+    if config.quantizer not in quantize.QUANTIZERS:
+        raise ConfigError(f"quantizer: unknown {config.quantizer!r}; choose one of: {', '.join(quantize.QUANTIZERS)}")
+    try:
+        quantize.make(config.quantizer, **config.quantizer_options)
+    except ValueError as error:
+        raise ConfigError(f"quantizer_options: {error}") from None
+    m, a, t = config.model, config.actor_critic, config.train
+    positive = {
+        "model.deter": m.deter, "model.hidden": m.hidden, "model.layers": m.layers, "model.lr": m.lr,
+        "model.grad_clip": m.grad_clip, "actor_critic.horizon": a.horizon, "actor_critic.actor_lr": a.actor_lr,
+        "actor_critic.critic_lr": a.critic_lr, "actor_critic.grad_clip": a.grad_clip,
+        "train.steps": t.steps, "train.batch": t.batch, "train.seq_len": t.seq_len,
+        "train.train_ratio": t.train_ratio, "train.envs": t.envs, "train.replay_capacity": t.replay_capacity,
+        "train.eval_episodes": t.eval_episodes, "train.log_every": t.log_every,
+    }  # fmt: skip
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "model.free_bits": m.free_bits, "model.dyn_scale": m.dyn_scale, "model.rep_scale": m.rep_scale,
+        "actor_critic.entropy": a.entropy, "actor_critic.starts": a.starts, "train.prefill": t.prefill,
+        "train.recency": t.recency, "train.eval_every": t.eval_every, "seed": config.seed,
+    }  # fmt: skip
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    unit = {
+        "model.unimix": m.unimix, "actor_critic.gamma": a.gamma, "actor_critic.lam": a.lam,
+        "actor_critic.slow_critic_decay": a.slow_critic_decay, "actor_critic.return_norm_decay": a.return_norm_decay,
+    }  # fmt: skip
+    for key, value in unit.items():
+        if not 0 <= value < 1 and not (key == "actor_critic.lam" and value == 1):
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
+        if bins < 3:
+            raise ConfigError(f"{key} must be >= 3, got {bins}")
+    if a.actor_grad not in ("auto", "reinforce", "dynamics"):
+        raise ConfigError(f"actor_critic.actor_grad must be auto, reinforce or dynamics, got {a.actor_grad!r}")
+    if t.replay_capacity < t.envs * t.seq_len:
+        raise ConfigError(
+            f"train.replay_capacity ({t.replay_capacity}) must hold a sequence per env "
+            f"(envs * seq_len = {t.envs * t.seq_len})"
+        )
+    if config.device != "cpu" and not config.device.startswith(("cuda", "mps")):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {config.device!r}")

@@ -1,0 +1,184 @@
+"""Networks and output distributions (after DreamerV3, Hafner et al. 2023, arxiv.org/abs/2301.04104).
+
+On a 2-core CPU the cost of a small model is per-op overhead, not arithmetic, so the forward passes
+call torch.nn.functional directly on the modules' parameters instead of going through each
+submodule's __call__.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agent.quantize import sample_index
+
+
+def symlog(x: Tensor) -> Tensor:
+    """sign(x) log(1 + |x|): compresses large magnitudes, identity-like near 0 (DreamerV3)."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: Tensor) -> Tensor:
+    """The inverse of symlog."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def layer(x: Tensor, linear: nn.Linear, norm: nn.LayerNorm) -> Tensor:
+    """Linear -> LayerNorm -> SiLU, DreamerV3's hidden layer."""
+    x = F.linear(x, linear.weight, linear.bias)
+    return F.silu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+
+
+class MLP(nn.Module):
+    """`layers` hidden layers of Linear -> LayerNorm -> SiLU, then a linear output of size `out`.
+
+    zero_out=True initialises the output layer at zero, so a head starts by predicting exactly 0
+    (DreamerV3 does this for the reward and critic heads to avoid large early predictions).
+    """
+
+    def __init__(self, inp: int, out: int, hidden: int, layers: int, zero_out: bool = False):
+        super().__init__()
+        sizes = [inp] + [hidden] * layers
+        self.hidden = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in itertools.pairwise(sizes))
+        self.norms = nn.ModuleList(nn.LayerNorm(b) for b in sizes[1:])
+        self.out = nn.Linear(sizes[-1], out)
+        if zero_out:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for linear, norm in zip(self.hidden, self.norms, strict=True):
+            x = layer(x, linear, norm)
+        return F.linear(x, self.out.weight, self.out.bias)
+
+
+class GRUCell(nn.Module):
+    """Layer-normalised GRU (DreamerV3): [r, c, u] = LN(W [x, h]),
+    h' = σ(u - 1) ⊙ tanh(σ(r) ⊙ c) + (1 - σ(u - 1)) ⊙ h. The -1 bias keeps the state at init."""
+
+    def __init__(self, inp: int, size: int):
+        super().__init__()
+        self.linear = nn.Linear(inp + size, 3 * size, bias=False)
+        self.norm = nn.LayerNorm(3 * size)
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        parts = F.layer_norm(
+            F.linear(torch.cat([x, h], -1), self.linear.weight),
+            self.norm.normalized_shape,
+            self.norm.weight,
+            self.norm.bias,
+            self.norm.eps,
+        )
+        reset, cand, update = parts.chunk(3, -1)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update - 1)
+        return h + update * (cand - h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output distributions: each has mean() (a prediction) and log_prob(target) (the loss is its negative).
+
+
+def twohot(x: Tensor, bins: Tensor) -> Tensor:
+    """Two-hot encoding of x (...,) over sorted bins (K,) -> (..., K): the weight is split between the
+    two nearest bins so that the encoding's expected bin value is exactly x (inside the range)."""
+    x = x.clamp(bins[0], bins[-1])
+    upper = torch.searchsorted(bins, x.detach().contiguous().unsqueeze(-1)).squeeze(-1).clamp(1, len(bins) - 1)
+    lower = upper - 1
+    low, high = bins[lower], bins[upper]
+    w_high = (x - low) / (high - low)
+    return F.one_hot(lower, len(bins)) * (1 - w_high).unsqueeze(-1) + F.one_hot(upper, len(bins)) * w_high.unsqueeze(-1)
+
+
+class TwoHot:
+    """A categorical over fixed bins in symlog space, trained with two-hot targets (DreamerV3's
+    reward and critic heads): robust to the scale of rewards and returns."""
+
+    def __init__(self, logits: Tensor, bins: Tensor):
+        self.logits, self.bins = logits, bins
+
+    def mean(self) -> Tensor:
+        return symexp(self.logits.softmax(-1) @ self.bins)
+
+    def log_prob(self, target: Tensor) -> Tensor:
+        return (twohot(symlog(target), self.bins) * self.logits.log_softmax(-1)).sum(-1)
+
+
+def symlog_bins(count: int, limit: float = 20.0) -> Tensor:
+    return torch.linspace(-limit, limit, count)
+
+
+class Bernoulli:
+    """Binary outcome from a logit, e.g. continuation (1 - terminal)."""
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+
+    def mean(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    def log_prob(self, target: Tensor) -> Tensor:
+        return -F.binary_cross_entropy_with_logits(self.logits, target, reduction="none")
+
+
+class SymlogMSE:
+    """Vector prediction in symlog space: log_prob is minus the squared error summed over dims."""
+
+    def __init__(self, pred: Tensor):
+        self.pred = pred
+
+    def mean(self) -> Tensor:
+        return symexp(self.pred)
+
+    def log_prob(self, target: Tensor) -> Tensor:
+        return -((self.pred - symlog(target)) ** 2).sum(-1)
+
+
+class OneHotPolicy:
+    """Discrete actions as one-hot vectors: a categorical with a 1% uniform mixture (DreamerV3)."""
+
+    def __init__(self, logits: Tensor, unimix: float = 0.01):
+        probs = logits.softmax(-1)
+        self.probs = (1 - unimix) * probs + unimix / logits.shape[-1]
+        self.logp = self.probs.log()
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return F.one_hot(sample_index(self.probs, generator), self.probs.shape[-1]).to(self.probs.dtype)
+
+    def mode(self) -> Tensor:
+        return F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype)
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        return (action * self.logp).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return -(self.probs * self.logp).sum(-1)
+
+
+class BoundedNormal:
+    """Continuous actions in [-1, 1]: a normal with tanh-squashed mean and a std kept in
+    [min_std, max_std]; samples are clipped to the box (DreamerV3's bounded normal). sample() is
+    reparameterised, so an actor can backpropagate through it."""
+
+    def __init__(self, out: Tensor, min_std: float = 0.1, max_std: float = 1.0):
+        mean, std = out.chunk(2, -1)
+        self.loc = torch.tanh(mean)
+        self.std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        return (self.loc + self.std * noise).clamp(-1, 1)
+
+    def mode(self) -> Tensor:
+        return self.loc
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        z = (action - self.loc) / self.std
+        return (-0.5 * z**2 - self.std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return (0.5 + 0.5 * math.log(2 * math.pi) + self.std.log()).sum(-1)

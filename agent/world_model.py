@@ -1,0 +1,201 @@
+"""A recurrent world model whose stochastic state is a discrete code (DreamerV3's RSSM, any quantizer).
+
+    h_t = GRU(h_{t-1}, c_{t-1}, a_{t-1})            deterministic recurrent state ("deter")
+    c_t = f(post(h_t, enc(o_t)))                     posterior code, quantized straight-through
+    p(c_t | h_t)                                     prior: a categorical per code unit
+    heads on [h_t, c_t]: observation (symlog MSE), reward (symlog two-hot), continuation (Bernoulli)
+
+Losses (DreamerV3): prediction (decoder + reward + continuation), dynamics KL(sg(post) || prior),
+representation KL(post || sg(prior)), both clipped below at `free_bits` nats. Quantizers whose code
+is a deterministic function of the input (round, fsq, binary, vq) have a point-mass posterior: the
+dynamics loss is then the prior's cross-entropy of the posterior's index and there is no
+representation loss (the quantizer's own auxiliary loss, e.g. VQ commitment, is added instead).
+
+Shape legend: B batch, T time, N flattened states, U code units, K alphabet size (the largest unit's),
+C code size, D deter, A action dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agent.config import ModelConfig
+from agent.nets import MLP, Bernoulli, GRUCell, SymlogMSE, TwoHot, layer, symlog, symlog_bins
+from agent.quantize import Quantizer
+
+
+@dataclass
+class Latent:
+    """The model state: deter (..., D) and flattened code (..., C)."""
+
+    deter: Tensor
+    code: Tensor
+
+    def features(self) -> Tensor:
+        return torch.cat([self.deter, self.code], -1)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, cfg: ModelConfig, quantizer: Quantizer):
+        super().__init__()
+        self.cfg, self.quantizer = cfg, quantizer
+        self.action_dim = action_dim
+        units, classes = quantizer.units, max(quantizer.alphabet)
+        code, hidden = quantizer.code_size, cfg.hidden
+        self.encoder = MLP(obs_dim, hidden, hidden, cfg.layers)
+        self.img_in = nn.Linear(code + action_dim, hidden, bias=False)
+        self.img_in_norm = nn.LayerNorm(hidden)
+        self.gru = GRUCell(hidden, cfg.deter)
+        # posterior: Linear([h, embed]) written as two products so the embed part runs once per batch
+        self.post_deter = nn.Linear(cfg.deter, hidden, bias=False)
+        self.post_embed = nn.Linear(hidden, hidden)
+        self.post_norm = nn.LayerNorm(hidden)
+        self.post_out = nn.Linear(hidden, code)
+        self.prior = MLP(cfg.deter, units * classes, hidden, 1)
+        feat = cfg.deter + code
+        self.decoder = MLP(feat, obs_dim, hidden, cfg.layers)
+        self.reward = MLP(feat, cfg.reward_bins, hidden, cfg.layers, zero_out=True)
+        self.cont = MLP(feat, 1, hidden, cfg.layers)
+        self.register_buffer("reward_grid", symlog_bins(cfg.reward_bins), persistent=False)
+        # Units may have alphabets of different sizes (fsq): pad to K and give padding zero mass.
+        valid = torch.arange(classes)[None, :] < torch.tensor(quantizer.alphabet)[:, None]  # (U, K)
+        self.register_buffer("valid", valid, persistent=False)
+        self.register_buffer("uniform", valid / valid.sum(-1, keepdim=True), persistent=False)
+
+    # --- the recurrent model ------------------------------------------------------------------------
+
+    def initial(self, batch: int) -> tuple[Latent, Tensor]:
+        """The state before an episode's first step, and the 'previous action' (zeros)."""
+        device = self.valid.device
+        latent = Latent(
+            torch.zeros(batch, self.cfg.deter, device=device),
+            torch.zeros(batch, self.quantizer.code_size, device=device),
+        )
+        return latent, torch.zeros(batch, self.action_dim, device=device)
+
+    def recur(self, latent: Latent, action: Tensor) -> Tensor:
+        """h_t = GRU(h_{t-1}, [c_{t-1}, a_{t-1}])."""
+        x = layer(torch.cat([latent.code, action], -1), self.img_in, self.img_in_norm)
+        return self.gru(x, latent.deter)
+
+    def posterior_input(self, deter: Tensor, embed_part: Tensor) -> Tensor:
+        x = F.linear(deter, self.post_deter.weight) + embed_part
+        x = F.silu(F.layer_norm(x, self.post_norm.normalized_shape, self.post_norm.weight, self.post_norm.bias))
+        return F.linear(x, self.post_out.weight, self.post_out.bias)
+
+    def quantize(self, x: Tensor, deterministic: bool, generator) -> tuple[Tensor, object]:
+        q = self.quantizer(x.view(*x.shape[:-1], *self.quantizer.input_shape), deterministic=deterministic,
+                           generator=generator)  # fmt: skip
+        return q.code.flatten(-len(self.quantizer.input_shape)), q
+
+    def prior_log_probs(self, deter: Tensor) -> Tensor:
+        """log p(c | h) per unit: (..., D) -> (..., U, K), unimix over each unit's own alphabet;
+        padding classes get a large negative value (never -inf, whose gradients are NaN)."""
+        logits = self.prior(deter).view(*deter.shape[:-1], *self.valid.shape)
+        probs = logits.masked_fill(~self.valid, -1e9).softmax(-1)
+        probs = (1 - self.cfg.unimix) * probs + self.cfg.unimix * self.uniform
+        return torch.where(self.valid, torch.where(self.valid, probs, 1.0).log(), -1e9)
+
+    def observe(
+        self,
+        obs: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Latent, Tensor, Tensor | None, Tensor]:
+        """Posterior states along replayed sequences.
+
+        obs (B, T, O), action (B, T, A) taken after each observation, is_first (B, T).
+        Returns the latents (B, T, ...), posterior indices (B, T, U), posterior log-probs
+        (B, T, U, K) or None, and the quantizer's auxiliary loss (scalar).
+        """
+        batch, steps = is_first.shape
+        embed_part = self.post_embed(self.encoder(symlog(obs)))  # (B, T, H)
+        keep = (~is_first).to(obs.dtype).unsqueeze(-1)  # (B, T, 1): 0 resets the state
+        latent, prev_action = self.initial(batch)
+        deters, codes, indices, logits, aux = [], [], [], [], []
+        for t in range(steps):
+            mask = keep[:, t]
+            latent = Latent(latent.deter * mask, latent.code * mask)
+            deter = self.recur(latent, prev_action * mask)
+            code, q = self.quantize(self.posterior_input(deter, embed_part[:, t]), False, generator)
+            latent = Latent(deter, code)
+            deters.append(deter), codes.append(code), indices.append(q.index), aux.append(q.loss)
+            logits.append(q.logits)
+            prev_action = action[:, t]
+        post_logits = None if logits[0] is None else torch.stack(logits, 1)
+        latents = Latent(torch.stack(deters, 1), torch.stack(codes, 1))
+        return latents, torch.stack(indices, 1), post_logits, torch.stack(aux).mean()
+
+    def observe_step(
+        self,
+        latent: Latent,
+        prev_action: Tensor,
+        obs: Tensor,
+        is_first: Tensor,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Latent:
+        """One posterior step while acting: (N, ...) states, obs (N, O), is_first (N,)."""
+        mask = (~is_first).to(obs.dtype).unsqueeze(-1)
+        latent = Latent(latent.deter * mask, latent.code * mask)
+        deter = self.recur(latent, prev_action * mask)
+        embed_part = self.post_embed(self.encoder(symlog(obs)))
+        code, _ = self.quantize(self.posterior_input(deter, embed_part), deterministic, generator)
+        return Latent(deter, code)
+
+    def imagine_step(self, latent: Latent, action: Tensor, generator: torch.Generator | None = None) -> Latent:
+        """One prior step: the next code is sampled from p(c | h) with a straight-through gradient."""
+        deter = self.recur(latent, action)
+        code, _ = self.quantizer.sample_codes(self.prior_log_probs(deter), generator=generator)
+        return Latent(deter, code.flatten(-len(self.quantizer.input_shape)))
+
+    # --- heads and losses ---------------------------------------------------------------------------
+
+    def reward_dist(self, feat: Tensor) -> TwoHot:
+        return TwoHot(self.reward(feat), self.reward_grid)
+
+    def cont_dist(self, feat: Tensor) -> Bernoulli:
+        return Bernoulli(self.cont(feat).squeeze(-1))
+
+    def loss(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor], Latent]:
+        """The world-model loss on a batch of sequences.
+
+        batch: obs (B, T, O), action (B, T, A), reward, is_first, is_terminal (B, T).
+        Returns (total loss, named loss terms, posterior latents for imagination).
+        """
+        latents, index, post_logp, aux = self.observe(batch["obs"], batch["action"], batch["is_first"], generator)
+        feat = latents.features()
+        prior_logp = self.prior_log_probs(latents.deter)  # (B, T, U, K)
+        dyn, rep = self.kl_terms(post_logp, index, prior_logp)
+        cfg = self.cfg
+        terms = {
+            "decoder": -SymlogMSE(self.decoder(feat)).log_prob(batch["obs"]).mean(),
+            "reward": -self.reward_dist(feat).log_prob(batch["reward"]).mean(),
+            "cont": -self.cont_dist(feat).log_prob(1.0 - batch["is_terminal"].to(feat.dtype)).mean(),
+            "dyn": dyn.clamp_min(cfg.free_bits).mean(),
+            "rep": rep.clamp_min(cfg.free_bits).mean(),
+            "quantizer": aux,
+        }
+        scales = {"decoder": 1.0, "reward": 1.0, "cont": 1.0, "dyn": cfg.dyn_scale, "rep": cfg.rep_scale,
+                  "quantizer": 1.0}  # fmt: skip
+        total = sum(scales[k] * v for k, v in terms.items())
+        terms["kl"] = dyn.mean().detach()  # unclipped, for monitoring
+        return total, terms, latents
+
+    @staticmethod
+    def kl_terms(post_logp: Tensor | None, index: Tensor, prior_logp: Tensor) -> tuple[Tensor, Tensor]:
+        """(dynamics, representation) losses per step, summed over units: (B, T) each."""
+        if post_logp is None:  # point-mass posterior: KL(post || prior) = -log p_prior(index)
+            dyn = -prior_logp.gather(-1, index.unsqueeze(-1)).squeeze(-1).sum(-1)
+            return dyn, torch.zeros_like(dyn)
+        post = post_logp.exp()
+        dyn = (post.detach() * (post_logp.detach() - prior_logp)).sum((-2, -1))
+        rep = (post * (post_logp - prior_logp.detach())).sum((-2, -1))
+        return dyn, rep

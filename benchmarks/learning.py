@@ -1,0 +1,127 @@
+"""Learning benchmark: train N seeds of an env/quantizer/preset and record when each reaches a threshold.
+
+Per seed: the evaluation curve (mean of `eval_episodes` deterministic episodes every `eval_every`
+env steps), the env steps and wall-clock seconds at which the evaluation mean first reached the
+threshold, the final evaluation, the mean of the last three, and a fresh evaluation of the checkpoint
+that the run hands to `agent eval` (its best) on seeds that training never used.
+Writes JSON and prints a rich summary. Runs the seeds one after another (2 cores: never in parallel).
+
+    python benchmarks/learning.py                                   # CartPole-v1, categorical, 3 seeds
+    python benchmarks/learning.py --quantizer round --seeds 3 --steps 15000
+    python benchmarks/learning.py --env Pendulum-v1 --steps 30000 --threshold -300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from agent import Agent
+from agent.checkpoint import atomic_write_text
+from agent.config import make_config, parse_overrides
+
+FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its evaluations
+
+
+def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
+    overrides = parse_overrides(args.set)
+    overrides.update({"train.steps": args.steps, "train.eval_every": args.eval_every})
+    config = make_config(args.preset, overrides, env_id=args.env, quantizer=args.quantizer, seed=seed)
+    run_dir = (
+        args.runs
+        / f"{args.env.replace('/', '_')}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    curve: list[dict] = []
+
+    def on_log(line: dict) -> None:
+        if "eval_return_mean" in line:
+            curve.append({"step": line["step"], "seconds": line["time/seconds"], "return": line["eval_return_mean"]})
+            step, value, seconds = line["step"], line["eval_return_mean"], line["time/seconds"]
+            console.log(f"seed {seed}: step {step:>7,}  eval {value:8.1f}  {seconds:7.1f} s")
+
+    start = time.perf_counter()
+    agent = Agent.from_config(config)
+    agent.learn(args.steps, run_dir, on_log)
+    seconds = time.perf_counter() - start
+    reached = next((point for point in curve if point["return"] >= args.threshold), None)
+    best = Agent.load(run_dir, which="best")
+    fresh = best.evaluate(10, FRESH_SEED)
+    return {
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "steps_to_threshold": reached["step"] if reached else None,
+        "seconds_to_threshold": reached["seconds"] if reached else None,
+        "final_return": curve[-1]["return"],
+        "last3_mean": statistics.mean(p["return"] for p in curve[-3:]),
+        "best_return": max(p["return"] for p in curve),
+        "fresh_eval_of_best": fresh["mean_return"],
+        "seconds": seconds,
+        "env_steps": agent.counters["env_steps"],
+        "updates": agent.counters["updates"],
+        "curve": curve,
+    }
+
+
+def summary_table(args: argparse.Namespace, results: list[dict]) -> Table:
+    table = Table(title=f"{args.env} · {args.quantizer} · preset {args.preset} · threshold {args.threshold:g}")
+    for column in ("seed", "steps to thr.", "s to thr.", "final", "last-3 mean", "best", "fresh eval (best)", "run s"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            str(r["seed"]),
+            f"{r['steps_to_threshold']:,}" if r["steps_to_threshold"] is not None else "not reached",
+            f"{r['seconds_to_threshold']:.0f}" if r["seconds_to_threshold"] is not None else "—",
+            f"{r['final_return']:.1f}", f"{r['last3_mean']:.1f}", f"{r['best_return']:.1f}",
+            f"{r['fresh_eval_of_best']:.1f}", f"{r['seconds']:.0f}",
+        )  # fmt: skip
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--quantizer", default="categorical")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
+    parser.add_argument("--steps", type=int, default=15_000)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--threshold", type=float, default=475.0)
+    parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"), help="where the runs are written")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
+    args = parser.parse_args()
+    out = (
+        args.out
+        or Path("benchmarks/results") / f"learning-{args.env.replace('/', '_')}-{args.quantizer}-{args.preset}.json"
+    )
+    console = Console()
+    results = [run_seed(args, seed, console) for seed in args.seeds]
+    console.print(summary_table(args, results))
+    reached = [r for r in results if r["steps_to_threshold"] is not None]
+    summary = {
+        "seeds_reaching_threshold": f"{len(reached)}/{len(results)}",
+        "median_steps_to_threshold": statistics.median(r["steps_to_threshold"] for r in reached) if reached else None,
+        "median_seconds_to_threshold": statistics.median(r["seconds_to_threshold"] for r in reached)
+        if reached
+        else None,
+        "median_last3_mean": statistics.median(r["last3_mean"] for r in results),
+        "median_run_seconds": statistics.median(r["seconds"] for r in results),
+    }
+    console.print(summary)
+    payload = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "summary": summary,
+        "seeds": results,
+    }
+    atomic_write_text(out, json.dumps(payload, indent=1))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The public API: create, learn, act, evaluate, save, load; and what training writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agent import Agent
+from agent.checkpoint import CheckpointError
+from agent.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    agent = Agent.create("CartPole-v1", preset="tiny", seed=1, train={"steps": 300, "eval_every": 150})
+    agent.learn(run_dir=run)
+    return agent, run
+
+
+def test_a_run_folder_holds_config_metrics_and_best_and_last_checkpoints(trained):
+    agent, run = trained
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in line for line in lines)
+    steps = [line["step"] for line in lines]
+    assert steps == sorted(steps) and steps[-1] == 300
+    evals = [line for line in lines if "eval_return_mean" in line]
+    assert [e["step"] for e in evals] == [150, 300]
+    assert any("loss/world_model" in line for line in lines)
+    assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "checkpoints" / "last.safetensors").is_file()
+    assert agent.counters["env_steps"] == 300 and agent.counters["updates"] == 300 * 8 // 32
+
+
+def test_save_and_load_give_identical_actions(trained, tmp_path):
+    agent, _ = trained
+    path = agent.save(tmp_path / "mine")
+    loaded = Agent.load(tmp_path / "mine")
+    assert path == tmp_path / "mine" / "agent.safetensors" and loaded.config == agent.config
+    obs = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    a1, s1 = agent.act(obs)
+    a2, s2 = loaded.act(obs)
+    for _ in range(5):  # the recurrent state carries over identically too
+        assert np.array_equal(a1, a2)
+        a1, s1 = agent.act(obs, s1)
+        a2, s2 = loaded.act(obs, s2)
+
+
+def test_act_takes_one_observation_or_a_batch(trained):
+    agent, _ = trained
+    obs = np.zeros(4, np.float32)
+    action, _ = agent.act(obs)
+    assert np.ndim(action) == 0 and action in (0, 1)
+    batch_action, _ = agent.act(np.stack([obs, obs]), episode_start=np.array([True, False]))
+    assert batch_action.shape == (2,)
+    with pytest.raises(ValueError, match="does not match"):
+        agent.act(np.zeros(5, np.float32))
+
+
+def test_load_picks_best_or_last_and_reports_missing_checkpoints(trained, tmp_path):
+    _, run = trained
+    assert Agent.load(run).loaded_from.name == "best.safetensors"
+    assert Agent.load(run, which="last").loaded_from.name == "last.safetensors"
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        Agent.load(tmp_path)
+    with pytest.raises(CheckpointError, match="no such file"):
+        Agent.load(tmp_path / "nothing")
+
+
+def test_evaluate_reports_returns_and_lengths(trained):
+    agent, _ = trained
+    result = agent.evaluate(episodes=3, seed=5)
+    assert result["episodes"] == 3 and len(result["returns"]) == 3 and len(result["lengths"]) == 3
+    assert result["mean_return"] == pytest.approx(np.mean(result["returns"]))
+    assert result["returns"] == result["lengths"]  # CartPole: one reward per step
+
+
+def test_collection_keeps_episode_boundaries_and_counts_real_steps():
+    agent = Agent.create("CartPole-v1", preset="tiny", train={"envs": 2, "prefill": 10_000})
+    trainer = Trainer(agent)
+    for _ in range(200):
+        trainer.collect()
+    data = {k: v[:, :200] for k, v in trainer.replay.data.items()}
+    first, last, reward = data["is_first"], data["is_last"], data["reward"]
+    assert first[:, 0].all()
+    assert np.array_equal(first[:, 1:], last[:, :-1])  # every episode ends, then the next begins
+    assert (reward[first] == 0).all() and (reward[~first] == 1).all()
+    assert (data["is_terminal"] <= last).all()
+    # after an is_last step the environment only resets: that call is not an env step
+    assert agent.counters["env_steps"] == 2 * 200 - last.sum()
+    assert agent.counters["episodes"] == last.sum()

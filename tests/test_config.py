@@ -1,0 +1,57 @@
+"""Configuration: presets, overrides, validation, JSON round trip."""
+
+import json
+
+import pytest
+
+from agent.config import ConfigError, from_dict, make_config, parse_overrides
+
+
+def test_presets_and_overrides_apply_in_order_with_types():
+    config = make_config("tiny", {"model.deter": "48", "train.train_ratio": "3.5", "seed": "7"}, quantizer="gumbel")
+    assert config.model.deter == 48 and config.model.hidden == 32  # override, then preset
+    assert config.train.train_ratio == 3.5 and config.seed == 7 and config.quantizer == "gumbel"
+    config = make_config(
+        overrides={"quantizer_options.tau": "0.5", "quantizer_options.groups": "8"}, quantizer="gumbel"
+    )
+    assert config.quantizer_options == {"tau": 0.5, "groups": 8}
+    config = make_config(overrides={"quantizer_options.levels": "8,5,5"}, quantizer="fsq")
+    assert config.quantizer_options == {"levels": (8, 5, 5)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "top", "message"),
+    [
+        ({"model.dter": "1"}, {}, "unknown key 'model.dter'"),
+        ({"modl.deter": "1"}, {}, "unknown key 'modl.deter'"),
+        ({"model.deter": "1.5"}, {}, "model.deter: expected int"),
+        ({"model.deter": "0"}, {}, "model.deter must be > 0"),
+        ({"actor_critic.gamma": "1.5"}, {}, r"actor_critic.gamma must be in \[0, 1\)"),
+        ({"actor_critic.actor_grad": "magic"}, {}, "actor_grad must be"),
+        ({"quantizer_options.tau": "1"}, {"quantizer": "round"}, "has no option 'tau'"),
+        ({"quantizer_options.tau": "0.5"}, {"quantizer": "reinmax"}, "reinmax needs tau >= 1"),
+        ({}, {"quantizer": "rund"}, "unknown 'rund'"),
+        ({"train.steps": "-5"}, {}, "train.steps must be > 0"),
+        ({"device": "gpu"}, {}, "device must be"),
+    ],
+)
+def test_bad_values_are_errors_that_name_the_key(overrides, top, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config("default", overrides, **top)
+
+
+def test_unknown_presets_and_malformed_set_items_are_errors():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        make_config("huge")
+    with pytest.raises(ConfigError, match="expects key=value"):
+        parse_overrides(["model.deter"])
+
+
+def test_json_round_trip_is_exact_and_strict():
+    config = make_config("tiny", {"quantizer_options.levels": "8,6,5"}, quantizer="fsq", seed=3)
+    again = from_dict(json.loads(config.to_json()))
+    assert again == config
+    data = json.loads(config.to_json())
+    data["model"]["nonsense"] = 1
+    with pytest.raises(ConfigError, match=r"model\.nonsense"):
+        from_dict(data)

@@ -1,0 +1,194 @@
+"""World model, actor-critic and their building blocks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from agent import quantize
+from agent.behavior import ActorCritic, lambda_return
+from agent.config import make_config
+from agent.nets import TwoHot, symexp, symlog, symlog_bins, twohot
+from agent.world_model import Latent, WorldModel
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def random_cartpole_batch(batch=4, steps=12, seed=0):
+    """Sequences of random CartPole play in the replay layout."""
+    env = envs.make("CartPole-v1", max_episode_steps=30)
+    rng = np.random.default_rng(seed)
+    out = {k: [] for k in ("obs", "action", "reward", "is_first", "is_last", "is_terminal")}
+    for b in range(batch):
+        obs, _ = env.reset(seed=seed + b)
+        reward, first, last, terminal = 0.0, True, False, False
+        for key in out:
+            out[key].append([])
+        for _ in range(steps):
+            a = int(rng.integers(2))
+            for key, value in zip(out, (obs, np.eye(2)[a], reward, first, last, terminal), strict=True):
+                out[key][-1].append(value)
+            if last:
+                obs, _ = env.reset()
+                reward, first, last, terminal = 0.0, True, False, False
+                continue
+            obs, reward, terminal, truncated, _ = env.step(a)
+            first, last = False, terminal or truncated
+    return {k: torch.as_tensor(np.array(v), dtype=torch.bool if k.startswith("is_") else torch.float32)
+            for k, v in out.items()}  # fmt: skip
+
+
+def tiny_model(quantizer="categorical"):
+    config = make_config("tiny", quantizer=quantizer)
+    torch.manual_seed(0)
+    return WorldModel(4, 2, config.model, quantize.make(quantizer, **config.quantizer_options)), config
+
+
+# --- nets ---------------------------------------------------------------------------------------------
+
+
+def test_symlog_and_symexp_invert_each_other():
+    x = torch.tensor([-1e6, -3.0, -1e-3, 0.0, 0.5, 7.0, 1e5], dtype=torch.float64)
+    assert torch.allclose(symexp(symlog(x)), x, rtol=1e-12)
+    assert symlog(torch.tensor(math.e - 1)).item() == pytest.approx(1.0)
+
+
+def test_twohot_round_trips_and_splits_weight_between_the_two_nearest_bins():
+    bins = symlog_bins(41, 20.0)  # spacing 1
+    x = torch.tensor([-19.99, -3.25, 0.0, 0.4, 12.75, 20.0])
+    enc = twohot(x, bins)
+    assert torch.allclose(enc.sum(-1), torch.ones(6))
+    assert torch.allclose(enc @ bins, x, atol=1e-5)
+    assert ((enc > 0).sum(-1) <= 2).all()
+    assert enc[1, 16].item() == pytest.approx(0.25) and enc[1, 17].item() == pytest.approx(0.75)
+    # a head whose logits are the log of an encoding predicts its value back (in symexp space)
+    dist = TwoHot(twohot(symlog(torch.tensor([3.0, -150.0])), bins).clamp_min(1e-12).log(), bins)
+    assert torch.allclose(dist.mean(), torch.tensor([3.0, -150.0]), rtol=1e-4)
+
+
+# --- lambda-returns -----------------------------------------------------------------------------------
+
+
+def test_lambda_returns_match_a_hand_computed_example_with_a_terminal_and_a_truncation():
+    gamma, lam = 0.9, 0.5
+    # trajectory 0 terminates on its second step; trajectory 1 runs to the end of the horizon,
+    # where (as at a time limit) it bootstraps from the last value.
+    reward = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    cont = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    value = torch.tensor([[0.5, 0.5], [4.0, 4.0], [5.0, 5.0], [6.0, 6.0]])
+    R = lambda_return(reward, cont, value, gamma, lam)
+    # trajectory 1: R2 = 3 + 0.9 * 6 = 8.4; R1 = 2 + 0.9 (0.5 * 5 + 0.5 * 8.4) = 8.03;
+    # R0 = 1 + 0.9 (0.5 * 4 + 0.5 * 8.03) = 6.4135
+    assert torch.allclose(R[:, 1], torch.tensor([6.4135, 8.03, 8.4]))
+    # trajectory 0: R1 = 2 + 0 (terminal: nothing after it counts); R0 = 1 + 0.9 (0.5 * 4 + 0.5 * 2) = 3.7
+    assert torch.allclose(R[:2, 0], torch.tensor([3.7, 2.0]))
+
+
+def test_lambda_one_is_the_discounted_sum_and_lambda_zero_is_one_step_td():
+    reward, cont = torch.rand(5, 3, generator=gen(0)), torch.ones(5, 3)
+    value = torch.rand(6, 3, generator=gen(1))
+    mc = lambda_return(reward, cont, value, 0.9, 1.0)[0]
+    want = sum(0.9**t * reward[t] for t in range(5)) + 0.9**5 * value[5]
+    assert torch.allclose(mc, want)
+    td = lambda_return(reward, cont, value, 0.9, 0.0)
+    assert torch.allclose(td, reward + 0.9 * value[1:])
+
+
+# --- the world model, with every quantizer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(quantize.QUANTIZERS))
+def test_world_model_loss_and_imagination_work_with_every_quantizer(name):
+    wm, config = tiny_model(name)
+    batch = random_cartpole_batch()
+    loss, terms, post = wm.loss(batch, gen(0))
+    assert set(terms) >= {"decoder", "reward", "cont", "dyn", "rep", "quantizer"}
+    assert post.deter.shape == (4, 12, config.model.deter) and post.code.shape == (4, 12, wm.quantizer.code_size)
+    loss.backward()
+    grads = [p.grad for p in wm.parameters() if p.requires_grad and p.grad is not None]
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in (wm.encoder.out.weight.grad, wm.post_out.weight.grad))
+    # imagined codes are exact codes of the quantizer's alphabet
+    latent = Latent(post.deter.detach().flatten(0, 1), post.code.detach().flatten(0, 1))
+    nxt = wm.imagine_step(latent, torch.eye(2)[torch.zeros(48, dtype=torch.long)], gen(1))
+    code = nxt.code.view(48, *wm.quantizer.input_shape)
+    probs = torch.nn.functional.one_hot(wm.prior_log_probs(nxt.deter).argmax(-1), max(wm.quantizer.alphabet))
+    assert torch.isfinite(code).all()
+    assert wm.quantizer.expected_code(probs.float()).shape == code.shape
+
+
+def test_world_model_losses_decrease_on_a_fixed_dataset():
+    wm, _ = tiny_model()
+    batch = random_cartpole_batch(batch=8, steps=16)
+    opt = torch.optim.Adam(wm.parameters(), lr=3e-3)
+    history = []
+    for step in range(60):
+        loss, terms, _ = wm.loss(batch, gen(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in terms.items()})
+    first, last = history[0], history[-1]
+    assert last["decoder"] < 0.5 * first["decoder"]
+    assert last["reward"] < 0.5 * first["reward"]
+    assert last["cont"] < first["cont"]
+
+
+def test_prior_gives_padding_classes_of_uneven_alphabets_no_mass_and_finite_gradients():
+    wm, _ = tiny_model("fsq")  # default levels (8, 5, 5, 5) x 4: dims with 5 levels pad to 8
+    deter = torch.randn(3, wm.cfg.deter, requires_grad=True)
+    logp = wm.prior_log_probs(deter)
+    probs = logp.exp()
+    assert torch.allclose(probs.sum(-1), torch.ones(3, wm.quantizer.units))
+    assert (probs[:, ~wm.valid] == 0).all()
+    code, _ = wm.quantizer.sample_codes(logp, generator=gen(0))
+    code.sum().backward()
+    assert torch.isfinite(deter.grad).all()
+
+
+# --- imagination and the actor-critic ------------------------------------------------------------------
+
+
+def test_imagination_has_the_right_shapes_and_respects_continuation():
+    wm, config = tiny_model()
+    ac = ActorCritic(config.model.deter + wm.quantizer.code_size, 2, True, config.actor_critic, 32, 1)
+    horizon, n = config.actor_critic.horizon, 10
+    start = Latent(
+        torch.randn(n, config.model.deter),
+        wm.quantizer.codes(torch.zeros(n, wm.quantizer.units, dtype=torch.long)).flatten(1),
+    )
+    feats, actions = ac.imagine(wm, start, gen(0))
+    assert feats.shape == (horizon + 1, n, config.model.deter + wm.quantizer.code_size)
+    assert actions.shape == (horizon, n, 2) and torch.equal(actions.sum(-1), torch.ones(horizon, n))
+    # a model certain that every imagined state is terminal: only the first reward counts, and the
+    # states after the first carry no weight in the losses
+    with torch.no_grad():
+        wm.cont.out.bias.fill_(-1e4)
+        wm.reward.out.bias.zero_()
+    start_cont = torch.ones(n)
+    actor_loss, critic_loss, _ = ac.loss(wm, feats, actions, start_cont)
+    reward = wm.reward_dist(feats[1:]).mean()
+    value = ac.value(feats).mean()
+    returns = lambda_return(reward, wm.cont_dist(feats[1:]).mean(), value, ac.cfg.gamma, ac.cfg.lam)
+    assert torch.allclose(returns, reward, atol=1e-5)
+    assert torch.isfinite(actor_loss) and torch.isfinite(critic_loss)
+
+
+def test_dynamics_backprop_actor_gets_gradients_through_the_straight_through_codes():
+    config = make_config("tiny", quantizer="round", overrides={"actor_critic.actor_grad": "dynamics"})
+    wm = WorldModel(3, 1, config.model, quantize.make("round"))
+    ac = ActorCritic(config.model.deter + wm.quantizer.code_size, 1, False, config.actor_critic, 32, 1)
+    start = Latent(torch.randn(6, config.model.deter), torch.zeros(6, wm.quantizer.code_size))
+    feats, actions = ac.imagine(wm, start, gen(0))
+    assert feats.requires_grad
+    actor_loss, _, _ = ac.loss(wm, feats, actions, torch.ones(6))
+    grads = torch.autograd.grad(actor_loss, list(ac.actor.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    # the gradient reaches the actor through the prior's straight-through code samples, too
+    prior_grad = torch.autograd.grad(ac.loss(wm, *ac.imagine(wm, start, gen(0)), torch.ones(6))[0],
+                                     wm.prior.out.weight, allow_unused=True)[0]  # fmt: skip
+    assert prior_grad is not None and prior_grad.abs().sum() > 0
