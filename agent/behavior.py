@@ -105,8 +105,9 @@ class ActorCritic(nn.Module):
         """(actor loss, critic loss, metrics) for an imagined batch; start_cont (N,) is 1 - is_terminal
         of the real start states, whose trajectories carry no weight when they are terminal."""
         cfg = self.cfg
-        reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
-        cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)
+        with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):  # REINFORCE needs no graph here
+            reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
+            cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)
         critic_logits = self.critic(feats)  # (H + 1, N, bins): one pass serves returns and critic loss
         value = TwoHot(critic_logits, self.critic_grid).mean()  # (H + 1, N)
         returns = lambda_return(reward, cont, value, cfg.gamma, cfg.lam)  # (H, N)

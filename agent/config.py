@@ -53,7 +53,7 @@ class ActorCriticConfig:
     slow_critic_reg: float = 1.0  # weight of the pull towards the slow critic
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
     actor_lr: float = 1e-4
-    critic_lr: float = 1e-4
+    critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
     eps: float = 1e-5
     grad_clip: float = 100.0
 
@@ -65,7 +65,7 @@ class TrainConfig:
     steps: int = 15_000  # env steps to train for
     batch: int = 16  # sequences per update
     seq_len: int = 32  # steps per sequence
-    train_ratio: float = 64.0  # replayed steps per env step (updates = steps * ratio / (batch * seq_len))
+    train_ratio: float = 128.0  # replayed steps per env step (updates = steps * ratio / (batch * seq_len))
     prefill: int = 1000  # env steps of random actions before training starts
     envs: int = 1  # environments stepped in parallel
     replay_capacity: int = 1_000_000  # env steps kept in the replay buffer

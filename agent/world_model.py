@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from agent.config import ModelConfig
 from agent.nets import MLP, Bernoulli, GRUCell, SymlogMSE, TwoHot, layer, symlog, symlog_bins
-from agent.quantize import Quantizer
+from agent.quantize import Quantizer, unimix_log_probs
 
 
 @dataclass
@@ -65,6 +65,7 @@ class WorldModel(nn.Module):
         valid = torch.arange(classes)[None, :] < torch.tensor(quantizer.alphabet)[:, None]  # (U, K)
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("uniform", valid / valid.sum(-1, keepdim=True), persistent=False)
+        self.ragged = not bool(valid.all())
 
     # --- the recurrent model ------------------------------------------------------------------------
 
@@ -96,6 +97,8 @@ class WorldModel(nn.Module):
         """log p(c | h) per unit: (..., D) -> (..., U, K), unimix over each unit's own alphabet;
         padding classes get a large negative value (never -inf, whose gradients are NaN)."""
         logits = self.prior(deter).view(*deter.shape[:-1], *self.valid.shape)
+        if not self.ragged:
+            return unimix_log_probs(logits, self.cfg.unimix)
         probs = logits.masked_fill(~self.valid, -1e9).softmax(-1)
         probs = (1 - self.cfg.unimix) * probs + self.cfg.unimix * self.uniform
         return torch.where(self.valid, torch.where(self.valid, probs, 1.0).log(), -1e9)
