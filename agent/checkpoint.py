@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 FORMAT = "stdreamer-checkpoint-1"
+TEMP_MARK = ".tmp-"  # in the names of files being written: .<name>.tmp-<random><suffix>
 UMASK = os.umask(0)
 os.umask(UMASK)
 
@@ -30,7 +31,8 @@ def atomic_write(path: Path, write) -> None:
     the previous version intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary name keeps the real suffix: some writers choose the format by it (imageio's ffmpeg)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)

@@ -28,6 +28,7 @@ class ModelConfig:
     deter: int = 128  # size of the recurrent state h
     hidden: int = 128  # width of every MLP layer
     layers: int = 1  # hidden layers in the encoder, decoder and heads
+    cnn_depth: int = 32  # channels of the first convolution (image observations), doubled at each stage
     reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
@@ -73,11 +74,15 @@ class TrainConfig:
     eval_every: int = 1000  # env steps between evaluations (0: never)
     eval_episodes: int = 10  # episodes per evaluation
     log_every: int = 250  # env steps between metric lines
+    checkpoint_every: int = 1000  # env steps between checkpoints of the whole training state (0: only at the end)
+    max_nonfinite: int = 10  # updates in a row with non-finite losses or gradients before training stops
 
 
 @dataclass
 class Config:
     env_id: str = "CartPole-v1"
+    obs: str = "state"  # state: the env's own observations (vectors or images); pixels: its rendered frames
+    image_size: int = 64  # side of the frames with obs=pixels
     quantizer: str = "categorical"  # one of agent.quantize.QUANTIZERS
     quantizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"groups": 32}
     seed: int = 0
@@ -89,9 +94,16 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def env_options(self) -> dict[str, Any]:
+        """What envs.make needs besides the id."""
+        return {"obs": self.obs, "size": self.image_size}
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+
+# What a resumed run may change: its length, and how often it evaluates, logs and saves.
+RESUMABLE = ("train.steps", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every")
 
 SECTIONS = {"model": ModelConfig, "actor_critic": ActorCriticConfig, "train": TrainConfig}
 
@@ -114,6 +126,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.eval_every": 250,
         "train.eval_episodes": 2,
         "train.log_every": 50,
+    },
+    # sheeprl's DreamerV3-XS layout, for speed comparisons (with quantizer_options groups=classes=32).
+    "xs": {
+        "model.deter": 256,
+        "model.hidden": 256,
+        "model.reward_bins": 255,
+        "actor_critic.critic_bins": 255,
+        "actor_critic.starts": 0,
+        "train.batch": 16,
+        "train.seq_len": 64,
     },
     # Wider networks for a GPU.
     "large": {
@@ -178,6 +200,8 @@ def _quantizer_option_type(name: str, option: str) -> Any:
 def set_value(config: Config, key: str, value: Any) -> None:
     """Set `section.field` (or a top-level field) from a string or JSON value, with type checks."""
     head, _, rest = key.partition(".")
+    if key == "quantizer" and (not isinstance(value, str) or value not in quantize.QUANTIZERS):
+        raise ConfigError(f"quantizer: unknown {value!r}; choose one of: {', '.join(quantize.QUANTIZERS)}")
     if head == "quantizer_options" and rest:
         options = quantize.options_of(config.quantizer)
         if rest not in options:
@@ -262,11 +286,13 @@ def validate(config: Config) -> None:
     m, a, t = config.model, config.actor_critic, config.train
     positive = {
         "model.deter": m.deter, "model.hidden": m.hidden, "model.layers": m.layers, "model.lr": m.lr,
+        "model.cnn_depth": m.cnn_depth, "image_size": config.image_size,
         "model.grad_clip": m.grad_clip, "actor_critic.horizon": a.horizon, "actor_critic.actor_lr": a.actor_lr,
         "actor_critic.critic_lr": a.critic_lr, "actor_critic.grad_clip": a.grad_clip,
         "train.steps": t.steps, "train.batch": t.batch, "train.seq_len": t.seq_len,
         "train.train_ratio": t.train_ratio, "train.envs": t.envs, "train.replay_capacity": t.replay_capacity,
         "train.eval_episodes": t.eval_episodes, "train.log_every": t.log_every,
+        "train.max_nonfinite": t.max_nonfinite,
     }  # fmt: skip
     for key, value in positive.items():
         if not value > 0:
@@ -275,6 +301,7 @@ def validate(config: Config) -> None:
         "model.free_bits": m.free_bits, "model.dyn_scale": m.dyn_scale, "model.rep_scale": m.rep_scale,
         "actor_critic.entropy": a.entropy, "actor_critic.starts": a.starts, "train.prefill": t.prefill,
         "train.recency": t.recency, "train.eval_every": t.eval_every, "seed": config.seed,
+        "train.checkpoint_every": t.checkpoint_every,
     }  # fmt: skip
     for key, value in non_negative.items():
         if value < 0:
@@ -289,6 +316,8 @@ def validate(config: Config) -> None:
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")
+    if config.obs not in ("state", "pixels"):
+        raise ConfigError(f"obs must be state or pixels, got {config.obs!r}")
     if a.actor_grad not in ("auto", "reinforce", "dynamics"):
         raise ConfigError(f"actor_critic.actor_grad must be auto, reinforce or dynamics, got {a.actor_grad!r}")
     if t.replay_capacity < t.envs * t.seq_len:

@@ -142,9 +142,11 @@ class OneHotPolicy:
     """Discrete actions as one-hot vectors: a categorical with a 1% uniform mixture (DreamerV3)."""
 
     def __init__(self, logits: Tensor, unimix: float = 0.01):
-        probs = logits.softmax(-1)
-        self.probs = (1 - unimix) * probs + unimix / logits.shape[-1]
-        self.logp = self.probs.log()
+        self.probs = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
+
+    @property
+    def logp(self) -> Tensor:
+        return self.probs.log()
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return F.one_hot(sample_index(self.probs, generator), self.probs.shape[-1]).to(self.probs.dtype)
@@ -156,7 +158,7 @@ class OneHotPolicy:
         return (action * self.logp).sum(-1)
 
     def entropy(self) -> Tensor:
-        return -(self.probs * self.logp).sum(-1)
+        return -(self.probs * self.probs.log()).sum(-1)
 
 
 class BoundedNormal:
@@ -182,3 +184,117 @@ class BoundedNormal:
 
     def entropy(self) -> Tensor:
         return (0.5 + 0.5 * math.log(2 * math.pi) + self.std.log()).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Observation encoders and decoders, chosen from the observation's shape: vectors (O,) or images (C, H, W).
+
+
+class VectorEncoder(nn.Module):
+    """symlog(obs) -> MLP -> embedding (DreamerV3's vector encoder)."""
+
+    def __init__(self, obs_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.mlp = MLP(obs_dim, hidden, hidden, layers)
+        self.out_dim = hidden
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.mlp(symlog(obs.float()))
+
+
+class VectorDecoder(nn.Module):
+    def __init__(self, feat_dim: int, obs_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.mlp = MLP(feat_dim, obs_dim, hidden, layers)
+
+    def forward(self, feat: Tensor) -> SymlogMSE:
+        return SymlogMSE(self.mlp(feat))
+
+
+def conv_stages(size: int) -> int:
+    """Stride-2 stages that bring an image side down to at most 6 pixels."""
+    stages = 0
+    while size > 6:
+        size = (size + 1) // 2
+        stages += 1
+    return stages
+
+
+class ConvEncoder(nn.Module):
+    """uint8 images (..., C, H, W) -> embedding: stride-2 4x4 convolutions (GroupNorm, SiLU) that halve the
+    side until it is at most 6 pixels, doubling the channels; a stride-1 3x3 convolution first for
+    small images (MinAtar's 10x10), which would otherwise get a single stage."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], depth: int):
+        super().__init__()
+        channels, height, width = obs_shape
+        stages = conv_stages(min(height, width))
+        convs: list[nn.Module] = []
+        if stages < 2:
+            convs += [nn.Conv2d(channels, depth, 3, 1, 1), nn.GroupNorm(1, depth), nn.SiLU()]
+            channels = depth
+        for i in range(stages):
+            out = depth * 2**i
+            convs += [nn.Conv2d(channels, out, 4, 2, 1), nn.GroupNorm(1, out), nn.SiLU()]
+            channels = out
+        self.convs = nn.Sequential(*convs)
+        with torch.no_grad():
+            self.out_shape = tuple(self.convs(torch.zeros(1, *obs_shape)).shape[1:])
+        self.out_dim = int(torch.tensor(self.out_shape).prod())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        lead = obs.shape[:-3]
+        x = obs.reshape(-1, *obs.shape[-3:]).float() / 255.0 - 0.5
+        return self.convs(x).reshape(*lead, self.out_dim)
+
+
+class ImageMSE:
+    """Image prediction in [-0.5, 0.5]: log_prob is minus the squared error summed over pixels."""
+
+    def __init__(self, pred: Tensor):
+        self.pred = pred
+
+    def mean(self) -> Tensor:
+        return ((self.pred + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def log_prob(self, target: Tensor) -> Tensor:
+        return -((self.pred - (target.float() / 255.0 - 0.5)) ** 2).sum((-3, -2, -1))
+
+
+class ConvDecoder(nn.Module):
+    """features -> image: a linear layer to the encoder's last feature map, then transposed
+    convolutions that mirror the encoder's stages."""
+
+    def __init__(self, feat_dim: int, obs_shape: tuple[int, int, int], encoder: ConvEncoder):
+        super().__init__()
+        self.obs_shape = obs_shape
+        self.start_shape = encoder.out_shape
+        self.linear = nn.Linear(feat_dim, encoder.out_dim)
+        layers: list[nn.Module] = []
+        convs = [m for m in encoder.convs if isinstance(m, nn.Conv2d)]
+        for i, conv in enumerate(reversed(convs)):
+            last = i == len(convs) - 1
+            out = obs_shape[0] if last else conv.in_channels
+            if conv.stride[0] == 2:
+                layers.append(nn.ConvTranspose2d(conv.out_channels, out, 4, 2, 1))
+            else:
+                layers.append(nn.Conv2d(conv.out_channels, out, 3, 1, 1))
+            if not last:
+                layers += [nn.GroupNorm(1, out), nn.SiLU()]
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, feat: Tensor) -> ImageMSE:
+        lead = feat.shape[:-1]
+        x = self.linear(feat).reshape(-1, *self.start_shape)
+        image = self.deconvs(x)
+        if image.shape[-2:] != self.obs_shape[1:]:  # odd sides do not halve exactly (7 -> 3 -> 6)
+            image = F.interpolate(image, size=self.obs_shape[1:], mode="nearest")
+        return ImageMSE(image.reshape(*lead, *self.obs_shape))
+
+
+def make_codec(obs_shape: tuple[int, ...], feat_dim: int, hidden: int, layers: int, depth: int):
+    """(encoder, decoder) for an observation shape: MLPs for vectors, convolutions for images."""
+    if len(obs_shape) == 1:
+        return VectorEncoder(obs_shape[0], hidden, layers), VectorDecoder(feat_dim, obs_shape[0], hidden, layers)
+    encoder = ConvEncoder(tuple(obs_shape), depth)
+    return encoder, ConvDecoder(feat_dim, tuple(obs_shape), encoder)

@@ -108,16 +108,18 @@ class Quantizer(nn.Module):
         """Update schedules (e.g. a temperature); progress runs from 0 to 1 over training."""
 
     def sample_codes(
-        self, logits: Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
+        self, probs: Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Sample a code from per-unit categorical logits (..., U, K), e.g. the world model's prior.
+        """Sample a code from per-unit categorical probabilities (..., U, K), e.g. the world model's prior.
 
         Returns (code, index). The code is exact; its gradient is that of the expected code
         E_p[code] (for one-hot codes this is DreamerV3's one_hot + p - sg(p)).
         """
-        probs = logits.softmax(-1)
         index = probs.argmax(-1) if deterministic else sample_index(probs, generator)
-        return straight_through(self.codes(index), self.expected_code(probs)), index
+        code = self.codes(index).to(probs.dtype)
+        if not torch.is_grad_enabled():  # no gradient wanted: skip the surrogate
+            return code, index
+        return straight_through(code, self.expected_code(probs)), index
 
     @property
     def units(self) -> int:
@@ -279,13 +281,14 @@ class Binary(Quantizer):
 # Categorical codes: G groups of K classes, one-hot codes
 
 
-def unimix_log_probs(logits: Tensor, unimix: float) -> Tensor:
-    """log((1 - u) softmax(logits) + u / K): DreamerV3's 1% uniform mixture keeps every class
-    possible, which bounds KL terms and log-probabilities."""
+def unimix_probs(logits: Tensor, unimix: float) -> tuple[Tensor, Tensor]:
+    """(p, log p) of p = (1 - u) softmax(logits) + u / K: DreamerV3's 1% uniform mixture keeps every
+    class possible, which bounds KL terms and log-probabilities."""
     if unimix == 0:
-        return logits.log_softmax(-1)
+        logp = logits.log_softmax(-1)
+        return logp.exp(), logp
     probs = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
-    return probs.log()
+    return probs, probs.log()
 
 
 def categorical_st(probs: Tensor, index: Tensor) -> Tensor:
@@ -378,12 +381,11 @@ class Categorical(Quantizer):
         self.alphabet = (classes,) * groups
 
     def forward(self, logits, *, deterministic=False, generator=None) -> Quantized:
-        logp = unimix_log_probs(logits, self.unimix)
-        code, index = self.estimate(logp, deterministic, generator)
+        probs, logp = unimix_probs(logits, self.unimix)
+        code, index = self.estimate(probs, logp, deterministic, generator)
         return Quantized(code=code, index=index, alphabet=self.alphabet, loss=logits.new_zeros(()), logits=logp)
 
-    def estimate(self, logp: Tensor, deterministic: bool, generator) -> tuple[Tensor, Tensor]:
-        probs = logp.exp()
+    def estimate(self, probs: Tensor, logp: Tensor, deterministic: bool, generator) -> tuple[Tensor, Tensor]:
         index = probs.argmax(-1) if deterministic else sample_index(probs, generator)
         return categorical_st(probs, index), index
 
@@ -409,7 +411,7 @@ class Gumbel(Categorical):
         if self.tau_final is not None:
             self.tau = self.tau_start * (self.tau_final / self.tau_start) ** min(max(progress, 0.0), 1.0)
 
-    def estimate(self, logp, deterministic, generator):
+    def estimate(self, probs, logp, deterministic, generator):
         noise = (
             torch.zeros_like(logp) if deterministic else gumbel_noise(logp.shape, generator, logp.device, logp.dtype)
         )
@@ -425,8 +427,7 @@ class ReinMax(Categorical):
             raise ValueError(f"reinmax needs tau >= 1, got {tau}")
         self.tau = tau
 
-    def estimate(self, logp, deterministic, generator):
-        probs = logp.exp()
+    def estimate(self, probs, logp, deterministic, generator):
         index = probs.argmax(-1) if deterministic else sample_index(probs, generator)
         return reinmax_st(logp, index, self.tau), index
 
@@ -440,8 +441,7 @@ class GumbelRao(Gumbel):
             raise ValueError(f"gumbel_rao needs samples >= 1, got {samples}")
         self.samples = samples
 
-    def estimate(self, logp, deterministic, generator):
-        probs = logp.exp()
+    def estimate(self, probs, logp, deterministic, generator):
         if deterministic:
             index = probs.argmax(-1)
             perturbed = logp.detach().unsqueeze(0)

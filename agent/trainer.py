@@ -3,13 +3,20 @@
 Updates follow the train ratio: after n env steps, n * train_ratio / (batch * seq_len) updates have
 been made, so every env step is replayed about train_ratio times. The first `prefill` env steps use
 random actions. Evaluation runs deterministic episodes in separate environments every `eval_every`
-env steps; the run keeps its last checkpoint and its best evaluated one.
+env steps; the run keeps its best evaluated checkpoint beside its last.
+
+A run folder can be resumed after anything, a crash included: `last.safetensors` holds the weights
+and the whole training state (optimisers, return normalisation, counters, RNG states), the replay
+buffer lives in chunk files beside it (see replay.py), and the metric log is cut back to the
+checkpoint's step. Episodes in progress at the checkpoint are not continued: the environments
+start new ones.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +26,7 @@ import numpy as np
 import torch
 
 import envs
-from agent.checkpoint import atomic_write_text
+from agent.checkpoint import TEMP_MARK, atomic_write_text
 from agent.replay import Replay
 from agent.world_model import Latent
 
@@ -27,9 +34,13 @@ if TYPE_CHECKING:
     from agent.agent import Agent
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. it diverged); the message says why and what was kept."""
+
+
 def evaluate(agent: Agent, episodes: int, seed: int) -> dict[str, Any]:
     """`episodes` deterministic episodes, run as one batch of environments."""
-    env = envs.make_vector(agent.config.env_id, episodes)
+    env = envs.make_vector(agent.config.env_id, episodes, **agent.config.env_options())
     try:
         obs, _ = env.reset(seed=seed)
         state = agent.initial_state(episodes)
@@ -61,6 +72,22 @@ def evaluate(agent: Agent, episodes: int, seed: int) -> dict[str, Any]:
     }
 
 
+def optimizer_state(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimiser's state as flat tensors and JSON-able param groups (no pickling)."""
+    state = optimizer.state_dict()
+    tensors = {f"{prefix}.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimizer_state(prefix: str, optimizer: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, _, name = key[len(prefix) + 1 :].partition(".")
+            state[int(index)][name] = value
+    optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
+
+
 class Trainer:
     """Owns what only training needs: environments, replay, optimisers, the log and checkpoints."""
 
@@ -68,36 +95,45 @@ class Trainer:
         self.agent = agent
         cfg = agent.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.env = envs.make_vector(cfg.env_id, cfg.train.envs)
+        self.env = envs.make_vector(cfg.env_id, cfg.train.envs, **cfg.env_options())
+        images = len(agent.obs_shape) == 3
         self.replay = Replay(
             cfg.train.replay_capacity, cfg.train.envs, agent.obs_shape, agent.action_dim,
-            recency=cfg.train.recency, seed=cfg.seed,
+            obs_dtype=np.uint8 if images else np.float32, recency=cfg.train.recency, seed=cfg.seed,
         )  # fmt: skip
         wm, ac = agent.world_model, agent.actor_critic
-        self.wm_opt = torch.optim.Adam(wm.parameters(), lr=cfg.model.lr, eps=cfg.model.eps)
-        self.actor_opt = torch.optim.Adam(ac.actor.parameters(), lr=cfg.actor_critic.actor_lr, eps=cfg.actor_critic.eps)
-        self.critic_opt = torch.optim.Adam(
-            ac.critic.parameters(), lr=cfg.actor_critic.critic_lr, eps=cfg.actor_critic.eps
-        )
+        a = cfg.actor_critic
+        self.optimizers = {
+            "wm": torch.optim.Adam(wm.parameters(), lr=cfg.model.lr, eps=cfg.model.eps),
+            "actor": torch.optim.Adam(ac.actor.parameters(), lr=a.actor_lr, eps=a.eps),
+            "critic": torch.optim.Adam(ac.critic.parameters(), lr=a.critic_lr, eps=a.eps),
+        }
         self.rng = np.random.default_rng(cfg.seed)
-        # the step each sub-environment is on
-        n = cfg.train.envs
-        self.obs, _ = self.env.reset(seed=cfg.seed)
-        self.reward = np.zeros(n, np.float32)
-        self.is_first, self.is_last, self.is_terminal = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-        self.state = agent.initial_state(n)
-        self.episode_return, self.episode_length = np.zeros(n), np.zeros(n, int)
-        self.recent_returns: list[float] = []
         self.best_eval = -np.inf
+        self.evaluations, self.evaluated_at = 0, -1
+        self.resumes = 0
+        self.nonfinite = {"total": 0, "in_a_row": 0}
+        self.recent_returns: list[float] = []
         self.sums: dict[str, float] = defaultdict(float)
         self.sum_count = 0
+        self.seconds_before = 0.0  # wall-clock of earlier sessions of a resumed run
         self.start_time = time.perf_counter()
-        # env steps at which the next log line / evaluation is due
-        self.next_log, self.next_eval = cfg.train.log_every, cfg.train.eval_every
-        self.evaluations, self.evaluated_at = 0, -1
+        self.start_episodes(cfg.seed)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in self.run_dir.rglob(f".*{TEMP_MARK}*"):  # temporary files of writes a crash interrupted
+                leftover.unlink()
             atomic_write_text(self.run_dir / "config.json", cfg.to_json())
+            self.replay.persist(self.run_dir / "replay")
+
+    def start_episodes(self, seed: int) -> None:
+        """Reset every sub-environment; the next stored step of each is an is_first step."""
+        n = self.agent.config.train.envs
+        self.obs, _ = self.env.reset(seed=seed)
+        self.reward = np.zeros(n, np.float32)
+        self.is_first, self.is_last, self.is_terminal = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+        self.state = self.agent.initial_state(n)
+        self.episode_return = np.zeros(n)
 
     # --- collection ---------------------------------------------------------------------------------
 
@@ -122,7 +158,6 @@ class Trainer:
         self.obs, self.reward = obs, reward.astype(np.float32)
         self.is_last, self.is_terminal = term | trunc, term.copy()
         self.episode_return = np.where(self.is_first, 0.0, self.episode_return) + self.reward
-        self.episode_length = np.where(self.is_first, 0, self.episode_length) + 1
         for i in np.flatnonzero(self.is_last):
             self.recent_returns = [*self.recent_returns[-9:], float(self.episode_return[i])]
             counters["episodes"] += 1
@@ -136,19 +171,21 @@ class Trainer:
     # --- updates ------------------------------------------------------------------------------------
 
     def update(self) -> dict[str, torch.Tensor]:
-        """One gradient step of the world model, then of the actor and the critic."""
+        """One gradient step of the world model, then of the actor and the critic. An update whose
+        losses or gradients are not finite is skipped (and counted)."""
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         sample = self.replay.sample(cfg.train.batch, cfg.train.seq_len)
         batch = {k: torch.as_tensor(v, device=device) for k, v in sample.items()}
-        batch["obs"] = batch["obs"].float()
 
         wm.quantizer.anneal(agent.counters["env_steps"] / max(cfg.train.steps, 1))
         wm_loss, terms, post = wm.loss(batch, agent.generator)
-        self.wm_opt.zero_grad(set_to_none=True)
+        self.optimizers["wm"].zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
-        self.wm_opt.step()
+        if not self.finite(wm_loss, wm_norm):
+            return {}
+        self.optimizers["wm"].step()
 
         start = Latent(post.deter.detach().flatten(0, 1), post.code.detach().flatten(0, 1))  # (N, ...)
         start_cont = 1.0 - batch["is_terminal"].flatten().float()
@@ -160,14 +197,15 @@ class Trainer:
         actor_params, critic_params = list(ac.actor.parameters()), list(ac.critic.parameters())
         actor_grads = torch.autograd.grad(actor_loss, actor_params, retain_graph=True)
         critic_grads = torch.autograd.grad(critic_loss, critic_params)
-        for params, grads, opt, clip in (
-            (actor_params, actor_grads, self.actor_opt, cfg.actor_critic.grad_clip),
-            (critic_params, critic_grads, self.critic_opt, cfg.actor_critic.grad_clip),
-        ):
+        norms = []
+        for params, grads in ((actor_params, actor_grads), (critic_params, critic_grads)):
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
-            torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
+            norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.actor_critic.grad_clip))
+        if not self.finite(actor_loss, critic_loss, *norms):
+            return {}
+        self.optimizers["actor"].step()
+        self.optimizers["critic"].step()
         ac.update_slow_critic()
         agent.counters["updates"] += 1
         out = {f"loss/{k}": v.detach() for k, v in terms.items()}
@@ -176,61 +214,85 @@ class Trainer:
         out.update(metrics)
         return out
 
+    def finite(self, *values: torch.Tensor) -> bool:
+        """Whether every loss and gradient norm is finite; counts the updates that are not, and stops
+        training when `max_nonfinite` of them come in a row."""
+        if bool(torch.isfinite(torch.stack([v.detach().float() for v in values])).all()):
+            self.nonfinite["in_a_row"] = 0
+            return True
+        self.nonfinite["total"] += 1
+        self.nonfinite["in_a_row"] += 1
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        limit = self.agent.config.train.max_nonfinite
+        warnings.warn(
+            f"skipped an update with non-finite losses or gradients ({self.nonfinite['in_a_row']} in a row)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        if self.nonfinite["in_a_row"] >= limit:
+            kept = f"; the last good checkpoint is {self.run_dir / 'checkpoints'}" if self.run_dir else ""
+            raise TrainingError(f"training diverged: {limit} updates in a row had non-finite losses or gradients{kept}")
+        return False
+
     # --- the loop -----------------------------------------------------------------------------------
 
     def learn(self, steps: int, on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         agent, cfg = self.agent, self.agent.config
-        counters = agent.counters
+        counters, t = agent.counters, cfg.train
         target = counters["env_steps"] + steps
-        replayed = cfg.train.batch * cfg.train.seq_len
+        replayed = t.batch * t.seq_len
+        next_log, next_eval, next_checkpoint = (
+            (counters["env_steps"] // every + 1) * every if every else None
+            for every in (t.log_every, t.eval_every, t.checkpoint_every)
+        )
+        self.start_time = time.perf_counter()
         while counters["env_steps"] < target:
             self.collect()
             now = counters["env_steps"]
-            if now >= cfg.train.prefill and self.replay.count >= cfg.train.seq_len:
-                while counters["updates"] < now * cfg.train.train_ratio / replayed:
+            if now >= t.prefill and self.replay.count >= t.seq_len:
+                while counters["updates"] < now * t.train_ratio / replayed:
                     for key, value in self.update().items():
                         self.sums[key] += float(value)
                     self.sum_count += 1
-            if cfg.train.eval_every and now >= self.next_eval:
-                self.next_eval = (now // cfg.train.eval_every + 1) * cfg.train.eval_every
-                self.log(self.evaluation(), on_log)
-            elif now >= self.next_log:
-                self.log({}, on_log)
-        if cfg.train.eval_every and self.evaluated_at != counters["env_steps"]:
-            self.log(self.evaluation(), on_log)
-        self.save_checkpoint("last")
+            done = now >= target
+            evaluation = None
+            if next_eval is not None and (now >= next_eval or done):
+                next_eval = (now // t.eval_every + 1) * t.eval_every
+                evaluation = self.evaluation()
+            if evaluation is not None or now >= next_log or done:
+                next_log = (now // t.log_every + 1) * t.log_every
+                self.log(evaluation or {}, on_log)
+            if evaluation is not None and evaluation["eval_return_mean"] >= self.best_eval:
+                self.best_eval = evaluation["eval_return_mean"]
+                self.save("best", evaluation)
+            if done or (next_checkpoint is not None and now >= next_checkpoint):
+                next_checkpoint = (now // t.checkpoint_every + 1) * t.checkpoint_every if t.checkpoint_every else None
+                self.save("last", evaluation)
 
     def evaluation(self) -> dict[str, Any]:
-        """Evaluate, keep the best checkpoint; fresh seeds each time, never those of training."""
+        """Evaluate on fresh seeds (never those of training or of earlier evaluations)."""
         cfg, counters = self.agent.config, self.agent.counters
         self.evaluations += 1
         self.evaluated_at = counters["env_steps"]
         seed = 1_000_000 + cfg.seed * 10_000 + self.evaluations * cfg.train.eval_episodes
         result = evaluate(self.agent, cfg.train.eval_episodes, seed)
-        record = {
+        return {
             "eval_return_mean": result["mean_return"],
             "eval_return_std": result["std_return"],
             "eval_length_mean": result["mean_length"],
+            "eval_return_best": max(self.best_eval, result["mean_return"]),
         }
-        self.save_checkpoint("last", record)
-        if result["mean_return"] > self.best_eval:
-            self.best_eval = result["mean_return"]
-            self.save_checkpoint("best", record)
-        record["eval_return_best"] = self.best_eval
-        return record
 
-    def save_checkpoint(self, name: str, evaluation: dict[str, Any] | None = None) -> None:
-        if self.run_dir is None:
-            return
-        extra = {"evaluation": evaluation} if evaluation else {}
-        self.agent.save(self.run_dir / "checkpoints" / f"{name}.safetensors", extra)
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start_time
 
     def log(self, record: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None) -> None:
         counters = self.agent.counters
-        elapsed = time.perf_counter() - self.start_time
+        elapsed = self.seconds()
         line = {"step": counters["env_steps"], "updates": counters["updates"], "episodes": counters["episodes"],
-                "time/seconds": round(elapsed, 2)}  # fmt: skip
-        line["time/sps"] = round(counters["env_steps"] / max(elapsed, 1e-9), 2)
+                "time/seconds": round(elapsed, 2), "time/sps": round(counters["env_steps"] / max(elapsed, 1e-9), 2),
+                "train/nonfinite_updates": self.nonfinite["total"]}  # fmt: skip
         if self.recent_returns:
             line["train/episode_return"] = float(np.mean(self.recent_returns))
         if self.sum_count:
@@ -238,10 +300,64 @@ class Trainer:
             self.sums.clear()
             self.sum_count = 0
         line.update(record)
-        every = self.agent.config.train.log_every
-        self.next_log = (counters["env_steps"] // every + 1) * every
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
         if on_log is not None:
             on_log(line)
+
+    # --- checkpoints and resuming -------------------------------------------------------------------
+
+    def save(self, name: str, evaluation: dict[str, Any] | None = None) -> None:
+        """best: the weights of the best evaluated policy. last: weights and the whole training state,
+        written after the replay buffer's pending steps, so that the two always agree."""
+        if self.run_dir is None:
+            return
+        extra: dict[str, Any] = {"evaluation": evaluation} if evaluation else {}
+        tensors: dict[str, torch.Tensor] = {}
+        if name == "last":
+            self.replay.flush()
+            groups = {}
+            for key, optimizer in self.optimizers.items():
+                opt_tensors, groups[key] = optimizer_state(f"optimizer.{key}", optimizer)
+                tensors.update(opt_tensors)
+            tensors["rng.torch"] = self.agent.generator.get_state()
+            extra["training"] = {
+                "optimizer_groups": groups,
+                "replay_total": self.replay.total,
+                "numpy_rng": self.rng.bit_generator.state,
+                "replay_rng": self.replay.rng.bit_generator.state,
+                "best_eval": self.best_eval if np.isfinite(self.best_eval) else None,
+                "evaluations": self.evaluations,
+                "nonfinite_updates": self.nonfinite["total"],
+                "seconds": self.seconds(),
+                "resumes": self.resumes,
+            }
+        self.agent.save(self.run_dir / "checkpoints" / f"{name}.safetensors", extra, tensors)
+
+    def restore(self, tensors: dict[str, torch.Tensor], training: dict[str, Any]) -> None:
+        """Continue from a `last` checkpoint's training state (see `save`)."""
+        for key, optimizer in self.optimizers.items():
+            load_optimizer_state(f"optimizer.{key}", optimizer, tensors, training["optimizer_groups"][key])
+        self.agent.generator.set_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = training["numpy_rng"]
+        self.replay.rng.bit_generator.state = training["replay_rng"]
+        self.replay.restore(self.run_dir / "replay", training["replay_total"])
+        self.best_eval = training["best_eval"] if training["best_eval"] is not None else -np.inf
+        self.evaluations = training["evaluations"]
+        self.nonfinite["total"] = training["nonfinite_updates"]
+        self.seconds_before = training["seconds"]
+        self.resumes = training["resumes"] + 1
+        # the metric log continues from the checkpoint: later lines are dropped (they are re-made)
+        log = self.run_dir / "metrics.jsonl"
+        if log.exists():
+            kept = []
+            for line in log.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.agent.counters["env_steps"]:
+                        kept.append(line)
+                except (ValueError, KeyError):
+                    break  # a line cut short by the crash
+            atomic_write_text(log, "".join(f"{line}\n" for line in kept))
+        # new episodes, with seeds no earlier session used
+        self.start_episodes(self.agent.config.seed + 100_003 * self.resumes)

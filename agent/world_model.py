@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.config import ModelConfig
-from agent.nets import MLP, Bernoulli, GRUCell, SymlogMSE, TwoHot, layer, symlog, symlog_bins
-from agent.quantize import Quantizer, unimix_log_probs
+from agent.nets import MLP, Bernoulli, GRUCell, TwoHot, layer, make_codec, symlog_bins
+from agent.quantize import Quantizer
 
 
 @dataclass
@@ -40,24 +40,24 @@ class Latent:
 
 
 class WorldModel(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, cfg: ModelConfig, quantizer: Quantizer):
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: ModelConfig, quantizer: Quantizer):
         super().__init__()
         self.cfg, self.quantizer = cfg, quantizer
         self.action_dim = action_dim
         units, classes = quantizer.units, max(quantizer.alphabet)
         code, hidden = quantizer.code_size, cfg.hidden
-        self.encoder = MLP(obs_dim, hidden, hidden, cfg.layers)
+        feat = cfg.deter + code
+        # vectors: symlog MLPs; images (C, H, W): convolutions
+        self.encoder, self.decoder = make_codec(tuple(obs_shape), feat, hidden, cfg.layers, cfg.cnn_depth)
         self.img_in = nn.Linear(code + action_dim, hidden, bias=False)
         self.img_in_norm = nn.LayerNorm(hidden)
         self.gru = GRUCell(hidden, cfg.deter)
         # posterior: Linear([h, embed]) written as two products so the embed part runs once per batch
         self.post_deter = nn.Linear(cfg.deter, hidden, bias=False)
-        self.post_embed = nn.Linear(hidden, hidden)
+        self.post_embed = nn.Linear(self.encoder.out_dim, hidden)
         self.post_norm = nn.LayerNorm(hidden)
         self.post_out = nn.Linear(hidden, code)
         self.prior = MLP(cfg.deter, units * classes, hidden, 1)
-        feat = cfg.deter + code
-        self.decoder = MLP(feat, obs_dim, hidden, cfg.layers)
         self.reward = MLP(feat, cfg.reward_bins, hidden, cfg.layers, zero_out=True)
         self.cont = MLP(feat, 1, hidden, cfg.layers)
         self.register_buffer("reward_grid", symlog_bins(cfg.reward_bins), persistent=False)
@@ -93,14 +93,19 @@ class WorldModel(nn.Module):
                            generator=generator)  # fmt: skip
         return q.code.flatten(-len(self.quantizer.input_shape)), q
 
-    def prior_log_probs(self, deter: Tensor) -> Tensor:
-        """log p(c | h) per unit: (..., D) -> (..., U, K), unimix over each unit's own alphabet;
-        padding classes get a large negative value (never -inf, whose gradients are NaN)."""
+    def prior_probs(self, deter: Tensor) -> Tensor:
+        """p(c | h) per unit: (..., D) -> (..., U, K), with a uniform mixture over each unit's own
+        alphabet; padding classes of uneven alphabets (fsq) get exactly zero."""
         logits = self.prior(deter).view(*deter.shape[:-1], *self.valid.shape)
+        if self.ragged:
+            logits = logits.masked_fill(~self.valid, -1e9)
+        return (1 - self.cfg.unimix) * logits.softmax(-1) + self.cfg.unimix * self.uniform
+
+    def prior_log_probs(self, deter: Tensor) -> Tensor:
+        """log p(c | h); padding classes get a large negative value (never -inf, whose gradients are NaN)."""
+        probs = self.prior_probs(deter)
         if not self.ragged:
-            return unimix_log_probs(logits, self.cfg.unimix)
-        probs = logits.masked_fill(~self.valid, -1e9).softmax(-1)
-        probs = (1 - self.cfg.unimix) * probs + self.cfg.unimix * self.uniform
+            return probs.log()
         return torch.where(self.valid, torch.where(self.valid, probs, 1.0).log(), -1e9)
 
     def observe(
@@ -112,13 +117,13 @@ class WorldModel(nn.Module):
     ) -> tuple[Latent, Tensor, Tensor | None, Tensor]:
         """Posterior states along replayed sequences.
 
-        obs (B, T, O), action (B, T, A) taken after each observation, is_first (B, T).
+        obs (B, T, *obs_shape), action (B, T, A) taken after each observation, is_first (B, T).
         Returns the latents (B, T, ...), posterior indices (B, T, U), posterior log-probs
         (B, T, U, K) or None, and the quantizer's auxiliary loss (scalar).
         """
         batch, steps = is_first.shape
-        embed_part = self.post_embed(self.encoder(symlog(obs)))  # (B, T, H)
-        keep = (~is_first).to(obs.dtype).unsqueeze(-1)  # (B, T, 1): 0 resets the state
+        embed_part = self.post_embed(self.encoder(obs))  # (B, T, H)
+        keep = (~is_first).to(embed_part.dtype).unsqueeze(-1)  # (B, T, 1): 0 resets the state
         latent, prev_action = self.initial(batch)
         deters, codes, indices, logits, aux = [], [], [], [], []
         for t in range(steps):
@@ -143,19 +148,47 @@ class WorldModel(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> Latent:
-        """One posterior step while acting: (N, ...) states, obs (N, O), is_first (N,)."""
-        mask = (~is_first).to(obs.dtype).unsqueeze(-1)
+        """One posterior step while acting: (N, ...) states, obs (N, *obs_shape), is_first (N,)."""
+        mask = (~is_first).to(latent.deter.dtype).unsqueeze(-1)
         latent = Latent(latent.deter * mask, latent.code * mask)
         deter = self.recur(latent, prev_action * mask)
-        embed_part = self.post_embed(self.encoder(symlog(obs)))
+        embed_part = self.post_embed(self.encoder(obs))
         code, _ = self.quantize(self.posterior_input(deter, embed_part), deterministic, generator)
         return Latent(deter, code)
 
-    def imagine_step(self, latent: Latent, action: Tensor, generator: torch.Generator | None = None) -> Latent:
-        """One prior step: the next code is sampled from p(c | h) with a straight-through gradient."""
+    def imagine_step(
+        self, latent: Latent, action: Tensor, generator: torch.Generator | None = None, deterministic: bool = False
+    ) -> Latent:
+        """One prior step: the next code is sampled from p(c | h) with a straight-through gradient
+        (deterministic: its most likely code)."""
         deter = self.recur(latent, action)
-        code, _ = self.quantizer.sample_codes(self.prior_log_probs(deter), generator=generator)
+        probs = self.prior_probs(deter)
+        code, _ = self.quantizer.sample_codes(probs, deterministic=deterministic, generator=generator)
         return Latent(deter, code.flatten(-len(self.quantizer.input_shape)))
+
+    @torch.no_grad()
+    def open_loop(self, obs: Tensor, action: Tensor, context: int) -> dict[str, Tensor]:
+        """What the model imagines after seeing `context` real steps: the posterior over those, then the
+        prior's most likely codes under the actions actually taken (open loop, no observations).
+
+        obs (B, T, *obs_shape) with T > context, action (B, T, A). Returns the predicted observations
+        (B, T, *obs_shape) (reconstructions for the context, predictions after it), rewards and
+        continuation probabilities (B, T), and posterior indices of the context (B, context, U).
+        """
+        steps = obs.shape[1]
+        is_first = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
+        is_first[:, 0] = True
+        post, index, _, _ = self.observe(obs[:, :context], action[:, :context], is_first[:, :context])
+        latents = [Latent(post.deter[:, t], post.code[:, t]) for t in range(context)]
+        for t in range(context, steps):
+            latents.append(self.imagine_step(latents[-1], action[:, t - 1], deterministic=True))
+        feat = torch.stack([latent.features() for latent in latents], 1)
+        return {
+            "obs": self.decoder(feat).mean(),
+            "reward": self.reward_dist(feat).mean(),
+            "cont": self.cont_dist(feat).mean(),
+            "index": index,
+        }
 
     # --- heads and losses ---------------------------------------------------------------------------
 
@@ -170,7 +203,7 @@ class WorldModel(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor], Latent]:
         """The world-model loss on a batch of sequences.
 
-        batch: obs (B, T, O), action (B, T, A), reward, is_first, is_terminal (B, T).
+        batch: obs (B, T, *obs_shape), action (B, T, A), reward, is_first, is_terminal (B, T).
         Returns (total loss, named loss terms, posterior latents for imagination).
         """
         latents, index, post_logp, aux = self.observe(batch["obs"], batch["action"], batch["is_first"], generator)
@@ -179,7 +212,7 @@ class WorldModel(nn.Module):
         dyn, rep = self.kl_terms(post_logp, index, prior_logp)
         cfg = self.cfg
         terms = {
-            "decoder": -SymlogMSE(self.decoder(feat)).log_prob(batch["obs"]).mean(),
+            "decoder": -self.decoder(feat).log_prob(batch["obs"]).mean(),
             "reward": -self.reward_dist(feat).log_prob(batch["reward"]).mean(),
             "cont": -self.cont_dist(feat).log_prob(1.0 - batch["is_terminal"].to(feat.dtype)).mean(),
             "dyn": dyn.clamp_min(cfg.free_bits).mean(),

@@ -1,6 +1,10 @@
 """Gymnasium environments with the project's conventions.
 
-- Observations: a Box of vectors (float32).
+- Observations: vectors (float32, a 1-D Box) or images (uint8, channels first: (C, H, W)).
+  obs="pixels" replaces any env's observations by its rgb_array frames resized to size x size;
+  image observations of other layouts ((H, W, C), bool) are converted, bool channels to 0/255.
+- MinAtar games (`MinAtar/Breakout-v1`, ...) register themselves on first use when the optional
+  `minatar` package is installed (`pip install --no-deps minatar`: its core needs only numpy).
 - Actions: Discrete (the agent emits one-hot vectors) or a bounded Box, rescaled to [-1, 1].
 - Termination and truncation stay apart: a time limit truncates (the agent bootstraps), a terminal
   state terminates (it does not).
@@ -15,9 +19,16 @@ a one-line message.
 from __future__ import annotations
 
 import difflib
+import logging
+import os
 
 import gymnasium as gym
 import numpy as np
+
+OBS_MODES = ("state", "pixels")
+
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders rgb_array frames without a screen
 
 
 class EnvError(ValueError):
@@ -32,11 +43,20 @@ def suggest(env_id: str, count: int = 3) -> list[str]:
     return [lowered[c] for c in close]
 
 
+def is_image(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
+
+
 def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
     obs, act = observation_space, action_space
-    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
-        raise EnvError(f"{env_id}: observation space {obs} is not supported; expected a 1-D Box (a vector of numbers)")
+    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) not in (1, 3):
+        raise EnvError(
+            f"{env_id}: observation space {obs} is not supported; expected a Box of vectors or of images "
+            "(or use --obs pixels for an env that renders rgb_array frames)"
+        )
     if isinstance(act, gym.spaces.Discrete):
+        if act.start != 0:
+            raise EnvError(f"{env_id}: action space {act} starts at {act.start}; only Discrete(n) from 0 is supported")
         return
     if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
         if not (np.isfinite(act.low).all() and np.isfinite(act.high).all()):
@@ -45,27 +65,101 @@ def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Sp
     raise EnvError(f"{env_id}: action space {act} is not supported; expected Discrete or a 1-D Box")
 
 
-def make(env_id: str, seed: int | None = None, render_mode: str | None = None, **options) -> gym.Env:
+def register_minatar() -> None:
+    """Register the MinAtar games with Gymnasium (MinAtar does not do it itself under Gymnasium 1.x)."""
+    if "MinAtar/Breakout-v1" in gym.registry:
+        return
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # MinAtar warns at import that its GUI packages are missing: not needed here
+    try:
+        import minatar.gym  # optional
+    except ImportError:
+        raise EnvError("MinAtar games need the minatar package: pip install --no-deps minatar") from None
+    finally:
+        root.setLevel(level)
+    minatar.gym.register_envs()
+
+
+class ChannelsFirst(gym.ObservationWrapper):
+    """Image observations as (C, H, W) uint8; bool channels (MinAtar's) become 0 / 255."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.observation_space
+        self.transpose = space.shape[-1] <= 4 < space.shape[0] or space.shape[-1] < space.shape[0]
+        shape = (space.shape[-1], *space.shape[:2]) if self.transpose else space.shape
+        self.scale = 255 if space.dtype == bool else 1
+        self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+
+    def observation(self, obs):
+        obs = np.asarray(obs)
+        if self.transpose:
+            obs = obs.transpose(2, 0, 1)
+        return (obs * self.scale).astype(np.uint8)
+
+
+class PixelObservation(gym.ObservationWrapper):
+    """The env's rgb_array frame, resized to size x size, as (3, size, size) uint8 observations."""
+
+    def __init__(self, env: gym.Env, size: int):
+        super().__init__(env)
+        self.size = size
+        self.observation_space = gym.spaces.Box(0, 255, (3, size, size), np.uint8)
+
+    def observation(self, obs):
+        frame = self.env.render()
+        return resize(np.asarray(frame), self.size).transpose(2, 0, 1)
+
+
+def resize(frame: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8, with Pillow's area-averaging filter."""
+    try:
+        from PIL import Image  # optional
+    except ImportError:
+        raise EnvError('pixel observations need Pillow: pip install -e ".[video]"') from None
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
+
+
+def make(
+    env_id: str,
+    seed: int | None = None,
+    render_mode: str | None = None,
+    obs: str = "state",
+    size: int = 64,
+    **options,
+) -> gym.Env:
     """A single environment with the project's conventions; raises EnvError on bad input."""
+    if obs not in OBS_MODES:
+        raise EnvError(f"obs must be one of {', '.join(OBS_MODES)}, got {obs!r}")
+    if env_id.startswith("MinAtar/"):
+        register_minatar()
     if env_id not in gym.registry:
         close = suggest(env_id)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry for the ids"
         raise EnvError(f"unknown environment {env_id!r}{hint}")
+    if obs == "pixels":
+        if render_mode not in (None, "rgb_array"):
+            raise EnvError(f"{env_id}: pixel observations need render_mode rgb_array, got {render_mode!r}")
+        render_mode = "rgb_array"
     try:
         env = gym.make(env_id, render_mode=render_mode, **options)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(f"{env_id}: a dependency is missing: {error}") from None
-    except TypeError as error:
-        raise EnvError(f"{env_id}: bad option: {error}") from None
+    except (TypeError, gym.error.Error) as error:
+        raise EnvError(f"{env_id}: {error}") from None
+    if obs == "pixels":
+        env = PixelObservation(env, size)
     check_spaces(env_id, env.observation_space, env.action_space)
     if isinstance(env.action_space, gym.spaces.Box):
         low, high = np.full(env.action_space.shape, -1.0, np.float32), np.full(env.action_space.shape, 1.0, np.float32)
         env = gym.wrappers.RescaleAction(env, low, high)
-    env = gym.wrappers.TransformObservation(
-        env,
-        lambda o: np.asarray(o, np.float32),
-        gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32),
-    )
+    if is_image(env.observation_space):
+        if not isinstance(env, PixelObservation):
+            env = ChannelsFirst(env)
+    else:
+        space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+        env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32), space)
     if seed is not None:
         env.action_space.seed(seed)
     return env

@@ -55,12 +55,14 @@ def test_same_seed_same_code_and_no_nan_at_extreme_inputs(name):
 def test_sample_codes_is_exact_with_the_gradient_of_the_expected_code(name):
     q = Q.make(name)
     logits = torch.randn(6, q.units, max(q.alphabet), generator=gen(4), requires_grad=True)
-    code, index = q.sample_codes(logits, generator=gen(5))
+    code, index = q.sample_codes(logits.softmax(-1), generator=gen(5))
     assert torch.equal(code.detach(), q.codes(index))
     w = torch.randn(code.shape, generator=gen(6))
     (grad,) = torch.autograd.grad((code * w).sum(), logits)
     (expected,) = torch.autograd.grad((q.expected_code(logits.softmax(-1)) * w).sum(), logits)
     assert torch.allclose(grad, expected, atol=1e-6)
+    with torch.no_grad():  # without autograd: the same code, no surrogate
+        assert torch.equal(q.sample_codes(logits.softmax(-1), generator=gen(5))[0], code.detach())
     # a one-hot distribution's expected code is that symbol's code
     onehot = F.one_hot(index, max(q.alphabet)).float()
     assert torch.allclose(q.expected_code(onehot), q.codes(index))

@@ -45,7 +45,7 @@ def random_cartpole_batch(batch=4, steps=12, seed=0):
 def tiny_model(quantizer="categorical"):
     config = make_config("tiny", quantizer=quantizer)
     torch.manual_seed(0)
-    return WorldModel(4, 2, config.model, quantize.make(quantizer, **config.quantizer_options)), config
+    return WorldModel((4,), 2, config.model, quantize.make(quantizer, **config.quantizer_options)), config
 
 
 # --- nets ---------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_world_model_loss_and_imagination_work_with_every_quantizer(name):
     loss.backward()
     grads = [p.grad for p in wm.parameters() if p.requires_grad and p.grad is not None]
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in (wm.encoder.out.weight.grad, wm.post_out.weight.grad))
+    assert any(g.abs().sum() > 0 for g in (wm.encoder.mlp.out.weight.grad, wm.post_out.weight.grad))
     # imagined codes are exact codes of the quantizer's alphabet
     latent = Latent(post.deter.detach().flatten(0, 1), post.code.detach().flatten(0, 1))
     nxt = wm.imagine_step(latent, torch.eye(2)[torch.zeros(48, dtype=torch.long)], gen(1))
@@ -141,11 +141,11 @@ def test_world_model_losses_decrease_on_a_fixed_dataset():
 def test_prior_gives_padding_classes_of_uneven_alphabets_no_mass_and_finite_gradients():
     wm, _ = tiny_model("fsq")  # default levels (8, 5, 5, 5) x 4: dims with 5 levels pad to 8
     deter = torch.randn(3, wm.cfg.deter, requires_grad=True)
-    logp = wm.prior_log_probs(deter)
-    probs = logp.exp()
+    probs = wm.prior_probs(deter)
     assert torch.allclose(probs.sum(-1), torch.ones(3, wm.quantizer.units))
     assert (probs[:, ~wm.valid] == 0).all()
-    code, _ = wm.quantizer.sample_codes(logp, generator=gen(0))
+    assert torch.allclose(wm.prior_log_probs(deter)[:, wm.valid], probs[:, wm.valid].log())
+    code, _ = wm.quantizer.sample_codes(probs, generator=gen(0))
     code.sum().backward()
     assert torch.isfinite(deter.grad).all()
 
@@ -180,7 +180,7 @@ def test_imagination_has_the_right_shapes_and_respects_continuation():
 
 def test_dynamics_backprop_actor_gets_gradients_through_the_straight_through_codes():
     config = make_config("tiny", quantizer="round", overrides={"actor_critic.actor_grad": "dynamics"})
-    wm = WorldModel(3, 1, config.model, quantize.make("round"))
+    wm = WorldModel((3,), 1, config.model, quantize.make("round"))
     ac = ActorCritic(config.model.deter + wm.quantizer.code_size, 1, False, config.actor_critic, 32, 1)
     start = Latent(torch.randn(6, config.model.deter), torch.zeros(6, wm.quantizer.code_size))
     feats, actions = ac.imagine(wm, start, gen(0))

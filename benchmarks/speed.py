@@ -1,0 +1,246 @@
+"""Speed benchmark: where a training step's time goes, per preset, on the current device.
+
+Per preset: milliseconds per world-model update and per actor-critic update (imagination + losses +
+backward), median over repeats after warm-up; FLOPs per update (torch's FLOP counter) and the
+achieved fraction of this machine's float32 matmul throughput (measured here too); imagined latent
+steps per second; acting latency per env step (batch 1 and batched over 8 environments); end-to-end
+env steps per second at the preset's train ratio; parameter counts; replay bytes per stored step;
+peak resident memory. Also: collection throughput (policy acting, no training) for 1, 2, 4 and 8
+environments, sync and async.
+
+    python benchmarks/speed.py                      # presets tiny, default, xs; CPU
+    python benchmarks/speed.py --presets default --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+import envs
+from agent import Agent
+from agent.checkpoint import atomic_write_text
+from agent.config import make_config, parse_overrides
+from agent.trainer import Trainer
+from agent.world_model import Latent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def matmul_gflops(device: torch.device, size: int = 2048) -> float:
+    """Float32 matmul throughput of this machine (GFLOP/s), large square products."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    ms = median_ms(lambda: a @ b, device, repeats=10)
+    return 2 * size**3 / (ms / 1000) / 1e9
+
+
+def ready_trainer(config) -> Trainer:
+    agent = Agent.from_config(config)
+    trainer = agent.trainer = Trainer(agent)
+    for _ in range(max(config.train.seq_len * 2, 300)):
+        trainer.collect()
+    return trainer
+
+
+def step_parts(trainer: Trainer):
+    """Closures for one world-model update and one actor-critic update on a fixed batch."""
+    agent, cfg = trainer.agent, trainer.agent.config
+    wm, ac, device = agent.world_model, agent.actor_critic, agent.device
+    sample = trainer.replay.sample(cfg.train.batch, cfg.train.seq_len)
+    batch = {k: torch.as_tensor(v, device=device) for k, v in sample.items()}
+    params = list(wm.parameters())
+
+    def world_model_update():
+        loss, _, post = wm.loss(batch, agent.generator)
+        torch.autograd.grad(loss, params, allow_unused=True)
+        return post
+
+    post = world_model_update()
+    n = cfg.train.batch * cfg.train.seq_len
+    starts = cfg.actor_critic.starts if 0 < cfg.actor_critic.starts < n else n
+    start = Latent(post.deter.detach().flatten(0, 1)[:starts], post.code.detach().flatten(0, 1)[:starts])
+    start_cont = torch.ones(starts, device=device)
+
+    def imagine():
+        return ac.imagine(wm, start, agent.generator)
+
+    def actor_critic_update():
+        feats, actions = imagine()
+        actor_loss, critic_loss, _ = ac.loss(wm, feats, actions, start_cont)
+        torch.autograd.grad(actor_loss, list(ac.actor.parameters()), retain_graph=True)
+        torch.autograd.grad(critic_loss, list(ac.critic.parameters()))
+
+    return world_model_update, imagine, actor_critic_update, starts
+
+
+def flops(fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def acting_ms(agent: Agent, batch: int, device: torch.device) -> float:
+    obs = np.zeros((batch, *agent.obs_shape), np.float32)
+    state = agent.initial_state(batch)
+    first = np.zeros(batch, bool)
+
+    def act():
+        nonlocal state
+        _, state = agent.policy_step(obs, state, first, deterministic=False)
+
+    return median_ms(act, device, repeats=200, warmup=10)
+
+
+def end_to_end_sps(config, steps: int) -> float:
+    agent = Agent.from_config(config)
+    trainer = agent.trainer = Trainer(agent)
+    agent.counters["env_steps"] = 0
+    for _ in range(config.train.prefill):  # fill replay without training, then time collection + updates
+        trainer.collect()
+    start = time.perf_counter()
+    agent.learn(steps)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dict:
+    overrides = parse_overrides(args.set + PRESET_EXTRA.get(name, []))
+    config = make_config(name, overrides, env_id=args.env, device=args.device, quantizer=args.quantizer)
+    config.train.eval_every = 0
+    device = torch.device(args.device)
+    trainer = ready_trainer(config)
+    agent = trainer.agent
+    world_model_update, imagine, actor_critic_update, starts = step_parts(trainer)
+    wm_ms = median_ms(world_model_update, device, args.repeats)
+    ac_ms = median_ms(actor_critic_update, device, args.repeats)
+    imagine_ms = median_ms(imagine, device, args.repeats)
+    update_flops = flops(world_model_update) + flops(actor_critic_update)
+    imagined = starts * config.actor_critic.horizon
+    return {
+        "preset": name,
+        "quantizer": config.quantizer,
+        "batch": f"{config.train.batch}x{config.train.seq_len}",
+        "imagination": f"{starts}x{config.actor_critic.horizon}",
+        "parameters": {
+            "world_model": sum(p.numel() for p in agent.world_model.parameters()),
+            "actor": sum(p.numel() for p in agent.actor_critic.actor.parameters()),
+            "critic": sum(p.numel() for p in agent.actor_critic.critic.parameters()),
+        },
+        "world_model_ms": wm_ms,
+        "actor_critic_ms": ac_ms,
+        "update_ms": wm_ms + ac_ms,
+        "update_gflop": update_flops / 1e9,
+        "achieved_fraction_of_matmul_peak": update_flops / ((wm_ms + ac_ms) / 1000) / 1e9 / peak_gflops,
+        "imagined_steps_per_s": imagined / (imagine_ms / 1000),
+        "acting_ms_batch1": acting_ms(agent, 1, device),
+        "acting_ms_batch8": acting_ms(agent, 8, device),
+        "end_to_end_env_steps_per_s": end_to_end_sps(config, args.e2e_steps) if args.e2e_steps else None,
+        "replay_bytes_per_step": trainer.replay.bytes_per_step,
+    }
+
+
+def collection(env_id: str, counts: list[int], steps: int) -> list[dict]:
+    """Env steps per second of a policy acting (no training) with N environments, sync and async."""
+    agent = Agent.create(env_id, preset="tiny")
+    out = []
+    for mode in ("sync", "async"):
+        for n in counts:
+            env = envs.make_vector(env_id, n, mode=mode)
+            obs, _ = env.reset(seed=0)
+            state, first = agent.initial_state(n), np.ones(n, bool)
+            start = time.perf_counter()
+            for _ in range(steps // n):
+                action, state = agent.policy_step(obs, state, first, deterministic=False)
+                obs, _, term, trunc, _ = env.step(envs.to_env_action(action, agent.discrete))
+                first = term | trunc
+            rate = steps // n * n / (time.perf_counter() - start)
+            out.append({"env": env_id, "mode": mode, "envs": n, "env_steps_per_s": rate})
+            env.close()
+    return out
+
+
+# The sheeprl DreamerV3-XS layout: 32x32 codes, batch 16 x 64, imagination from all 1,024 states.
+PRESET_EXTRA = {"xs": ["quantizer_options.groups=32", "quantizer_options.classes=32"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "default", "xs"])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--quantizer", default="categorical")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--e2e-steps", type=int, default=2000, help="env steps timed end to end (0: skip)")
+    parser.add_argument("--collect-steps", type=int, default=4000, help="env steps per collection timing (0: skip)")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
+    args = parser.parse_args()
+    console = Console()
+    device = torch.device(args.device)
+    peak = matmul_gflops(device)
+    threads = torch.get_num_threads()
+    console.print(
+        f"float32 matmul throughput on {args.device}: {peak:.0f} GFLOP/s (2048x2048), torch threads {threads}"
+    )
+    results = []
+    for name in args.presets:
+        results.append(bench_preset(name, args, peak))
+        console.log(f"{name}: done")
+    table = Table(title=f"{args.env} · {args.quantizer} · {args.device}")
+    for column in ("preset", "params", "batch", "imagination", "WM ms", "AC ms", "GFLOP", "of peak", "imag. steps/s",
+                   "act ms (1 / 8)", "env steps/s", "replay B/step"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r["preset"], f"{sum(r['parameters'].values()) / 1e6:.2f}M", r["batch"], r["imagination"],
+            f"{r['world_model_ms']:.0f}", f"{r['actor_critic_ms']:.0f}", f"{r['update_gflop']:.1f}",
+            f"{r['achieved_fraction_of_matmul_peak']:.0%}", f"{r['imagined_steps_per_s']:,.0f}",
+            f"{r['acting_ms_batch1']:.2f} / {r['acting_ms_batch8']:.2f}",
+            f"{r['end_to_end_env_steps_per_s']:.1f}" if r["end_to_end_env_steps_per_s"] else "—",
+            str(r["replay_bytes_per_step"]),
+        )  # fmt: skip
+    console.print(table)
+    collected = collection(args.env, [1, 2, 4, 8], args.collect_steps) if args.collect_steps else []
+    if collected:
+        table = Table(title=f"collection (policy acting, no training): {args.env}")
+        for column in ("mode", "envs", "env steps/s"):
+            table.add_column(column, justify="right")
+        for c in collected:
+            table.add_row(c["mode"], str(c["envs"]), f"{c['env_steps_per_s']:,.0f}")
+        console.print(table)
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(f"peak resident memory: {peak_rss_mib:.0f} MiB")
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "matmul_gflops": peak, "presets": results,
+               "collection": collected, "peak_rss_mib": peak_rss_mib, "torch_threads": threads}  # fmt: skip
+    atomic_write_text(args.out, json.dumps(payload, indent=1))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Resuming a run: exact continuation, and survival of SIGKILL at any moment."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import Agent
+from agent.config import ConfigError
+from agent.replay import chunk_files
+
+TINY = {"steps": 400, "checkpoint_every": 40, "eval_every": 200, "log_every": 20}
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_replay_chunks_partition(run: Path, total: int) -> None:
+    """The chunk files cover steps [first, total) exactly once: no gaps, no duplicates."""
+    chunks = chunk_files(run / "replay")
+    assert chunks and chunks[-1][1] == total
+    for (_, end, _), (start, _, _) in itertools.pairwise(chunks):
+        assert start == end
+
+
+def test_resume_continues_counters_replay_and_log_exactly(tmp_path):
+    run = tmp_path / "run"
+    agent = Agent.create("CartPole-v1", preset="tiny", seed=0, train=TINY)
+    agent.learn(200, run_dir=run)
+    counters = dict(agent.counters)
+    resumed = Agent.resume(run)
+    assert resumed.counters == counters and resumed.config == agent.config
+    trainer, old = resumed.trainer, agent.trainer
+    assert trainer.replay.total == old.replay.total
+    held = old.replay.count
+    for key in ("obs", "action", "reward", "is_first"):
+        assert np.array_equal(trainer.replay.data[key][:, :held], old.replay.data[key][:, :held])
+    for name, optimizer in trainer.optimizers.items():
+        a, b = optimizer.state_dict()["state"], old.optimizers[name].state_dict()["state"]
+        assert all(np.array_equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
+    assert trainer.best_eval == old.best_eval and trainer.evaluations == old.evaluations
+    resumed.learn()  # to the run's budget
+    assert resumed.counters["env_steps"] == 400
+    logged = steps_logged(run)
+    assert logged == sorted(set(logged)) and logged[-1] == 400 and 200 in logged
+    assert_replay_chunks_partition(run, resumed.trainer.replay.total)
+
+
+def test_resume_applies_allowed_changes_and_refuses_the_others(tmp_path):
+    run = tmp_path / "run"
+    Agent.create("CartPole-v1", preset="tiny", train=TINY).learn(120, run_dir=run)
+    agent = Agent.resume(run, {"train.steps": 1000, "train.eval_every": 500})
+    assert agent.config.train.steps == 1000 and json.loads((run / "config.json").read_text())["train"]["steps"] == 1000
+    with pytest.raises(ConfigError, match=r"cannot change model\.deter, seed when resuming"):
+        Agent.resume(run, {"model.deter": 8, "seed": 3})
+    with pytest.raises(ConfigError, match="below the run's env steps"):
+        Agent.resume(run, {"train.steps": 10})
+
+
+CLI = [sys.executable, "-c", "from cli import app; app()"]
+
+
+def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(CLI + args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def last_counters(run: Path) -> dict:
+    return Agent.load(run, which="last").counters
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_and_during_a_checkpoint_write_then_resume(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    sets = [f"--set=train.{k}={v}" for k, v in TINY.items() if k != "steps"]
+    fresh = ["train", "--preset", "tiny", "--steps", "400", "--run-dir", str(run), "--quiet", *sets]
+    resume = ["train", "--resume", str(run), "--quiet"]
+    rng = np.random.default_rng(0)
+    seen = []
+    # 1: killed during a checkpoint write (the 3rd), after the temporary file is partly written
+    hook = (
+        "import os, signal, safetensors.torch as st, agent.checkpoint as c\n"
+        "calls = [0]\n"
+        "def save_file(tensors, path, metadata=None):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 3:\n"
+        "        open(path, 'wb').write(b'half a checkpoint')\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    st.save_file(tensors, path, metadata=metadata)\n"
+        "c.save_file = save_file\n"
+        "from cli import app; app()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", hook, *fresh], cwd=repo, stderr=subprocess.PIPE)
+    assert process.wait(timeout=300) == -signal.SIGKILL
+    seen.append(last_counters(run)["env_steps"])
+    # 2-7: killed at random moments of training, resumed each time
+    for _ in range(6):
+        process = start(resume, repo)
+        metrics = run / "metrics.jsonl"
+        size = metrics.stat().st_size
+        deadline = time.time() + 120
+        while process.poll() is None and metrics.stat().st_size == size and time.time() < deadline:
+            time.sleep(0.05)  # wait until this session is training (it has logged a line)
+        time.sleep(float(rng.uniform(0.0, 1.5)))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        counters = last_counters(run)  # the run loads after every kill
+        assert counters["env_steps"] >= seen[-1]  # monotone
+        seen.append(counters["env_steps"])
+        logged = steps_logged(Path(run)) if (run / "metrics.jsonl").exists() else []
+        assert logged == sorted(logged)
+    # finally, a session that finishes the budget
+    process = start(resume, repo)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr.decode()
+    final = Agent.resume(run)
+    assert final.counters["env_steps"] == 400
+    assert not list(run.rglob(".*.tmp-*"))  # temporary files of interrupted writes were cleaned up
+    assert_replay_chunks_partition(run, final.trainer.replay.total)
+    logged = steps_logged(run)
+    assert logged == sorted(set(logged)) and logged[-1] == 400  # no duplicated or missing lines
+    assert set(range(20, 401, 20)) <= set(logged)
