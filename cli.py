@@ -156,6 +156,10 @@ def train(
         Path | None, typer.Option(help="Where to write the run (default runs/<env>-<q>-<time>).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cpu].")] = None,
+    obs: Annotated[
+        str | None, typer.Option(help="state (the env's observations) or pixels (its rendered frames).")
+    ] = None,
+    envs_: Annotated[int | None, typer.Option("--envs", help="Environments stepped together [default: 1].")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: key=value (repeatable).")
     ] = None,
@@ -171,6 +175,10 @@ def train(
             if steps <= 0:
                 raise ConfigError(f"--steps must be > 0, got {steps}")
             overrides["train.steps"] = steps
+        if envs_ is not None:
+            overrides["train.envs"] = envs_
+        if obs is not None:
+            overrides["obs"] = obs
         if resume is not None:
             fixed = {
                 "ENV_ID": env_id,

@@ -66,9 +66,10 @@ class TrainConfig:
     steps: int = 15_000  # env steps to train for
     batch: int = 16  # sequences per update
     seq_len: int = 32  # steps per sequence
-    train_ratio: float = 128.0  # replayed steps per env step (updates = steps * ratio / (batch * seq_len))
+    train_ratio: float = 64.0  # replayed steps per env step (updates = steps * ratio / (batch * seq_len))
     prefill: int = 1000  # env steps of random actions before training starts
-    envs: int = 1  # environments stepped in parallel
+    envs: int = 1  # environments stepped together; acting is batched across them
+    vector: str = "sync"  # sync: all in this process (cheap envs); async: a process each (expensive envs)
     replay_capacity: int = 1_000_000  # env steps kept in the replay buffer
     recency: float = 0.0  # replay sampling weight (age + 1) ** -recency; 0 is uniform
     eval_every: int = 1000  # env steps between evaluations (0: never)
@@ -316,6 +317,8 @@ def validate(config: Config) -> None:
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")
+    if t.vector not in ("sync", "async"):
+        raise ConfigError(f"train.vector must be sync or async, got {t.vector!r}")
     if config.obs not in ("state", "pixels"):
         raise ConfigError(f"obs must be state or pixels, got {config.obs!r}")
     if a.actor_grad not in ("auto", "reinforce", "dynamics"):

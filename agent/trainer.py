@@ -95,7 +95,7 @@ class Trainer:
         self.agent = agent
         cfg = agent.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.env = envs.make_vector(cfg.env_id, cfg.train.envs, **cfg.env_options())
+        self.env = envs.make_vector(cfg.env_id, cfg.train.envs, mode=cfg.train.vector, **cfg.env_options())
         images = len(agent.obs_shape) == 3
         self.replay = Replay(
             cfg.train.replay_capacity, cfg.train.envs, agent.obs_shape, agent.action_dim,
