@@ -218,8 +218,8 @@ class Agent:
         last = run_dir / "checkpoints" / "last.safetensors"
         if not last.is_file():
             raise checkpoint.CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/last.safetensors)")
-        agent = cls.load(last, device=device)
-        tensors, meta = checkpoint.load(last, device=str(agent.device))
+        tensors, meta = checkpoint.load(last)
+        agent = cls.from_checkpoint(last, tensors, meta, device)
         if "training" not in meta:
             raise checkpoint.CheckpointError(f"{last}: holds no training state to resume from")
         for key, value in (overrides or {}).items():
@@ -234,7 +234,7 @@ class Agent:
         training = meta["training"]
         best = run_dir / "checkpoints" / "best.safetensors"
         if best.is_file():  # best may be newer than last if a crash fell between the two writes
-            best_eval = checkpoint.load(best)[1].get("evaluation", {}).get("eval_return_mean")
+            best_eval = checkpoint.metadata(best).get("evaluation", {}).get("eval_return_mean")
             if best_eval is not None and (training["best_eval"] is None or best_eval > training["best_eval"]):
                 training = {**training, "best_eval": best_eval}
         agent.trainer.restore(tensors, training)
@@ -290,6 +290,13 @@ class Agent:
         (its `which` checkpoint, best or last, falling back to the other)."""
         file = find_checkpoint(Path(path), which)
         tensors, meta = checkpoint.load(file)
+        return cls.from_checkpoint(file, tensors, meta, device)
+
+    @classmethod
+    def from_checkpoint(
+        cls, file: Path, tensors: dict[str, Tensor], meta: dict[str, Any], device: str | None = None
+    ) -> Agent:
+        """An agent from a checkpoint's contents; CheckpointError if they do not fit this agent."""
         try:
             config = from_dict(meta["config"])
             if device is not None:

@@ -56,7 +56,15 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any])
 
 def load(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) from a checkpoint written by `save`; CheckpointError if it is not one."""
-    path = Path(path)
+    return _read(Path(path), device, tensors=True)
+
+
+def metadata(path: Path) -> dict[str, Any]:
+    """A checkpoint's metadata alone (its header), without reading the tensors."""
+    return _read(Path(path), "cpu", tensors=False)[1]
+
+
+def _read(path: Path, device: str, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -64,11 +72,11 @@ def load(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a checkpoint of this project (format {header.get('format')!r})")
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        metadata = {k: json.loads(v) for k, v in header.items() if k != "format"}
+            data = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}  # noqa: SIM118
+        meta = {k: json.loads(v) for k, v in header.items() if k != "format"}
     except CheckpointError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({reason})") from None
-    return tensors, metadata
+    return data, meta

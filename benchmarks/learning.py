@@ -100,7 +100,7 @@ def main() -> None:
         args.out
         or Path("benchmarks/results") / f"learning-{args.env.replace('/', '_')}-{args.quantizer}-{args.preset}.json"
     )
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
     results = [run_seed(args, seed, console) for seed in args.seeds]
     console.print(summary_table(args, results))
     reached = [r for r in results if r["steps_to_threshold"] is not None]

@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
     device = torch.device(args.device)
     peak = matmul_gflops(device)
     threads = torch.get_num_threads()
