@@ -90,7 +90,7 @@ def check_device(device: str) -> None:
 SHOWN = {
     "train/episode_return": "episode return (last 10)",
     "eval_return_mean": "eval return",
-    "eval_return_best": "best eval return",
+    "eval_return_best": "best eval return (confirmed)",
     "loss/world_model": "world-model loss",
     "loss/decoder": "  decoder",
     "loss/reward": "  reward",

@@ -234,7 +234,8 @@ class Agent:
         training = meta["training"]
         best = run_dir / "checkpoints" / "best.safetensors"
         if best.is_file():  # best may be newer than last if a crash fell between the two writes
-            best_eval = checkpoint.metadata(best).get("evaluation", {}).get("eval_return_mean")
+            evaluation = checkpoint.metadata(best).get("evaluation", {})
+            best_eval = evaluation.get("eval_confirmed_mean", evaluation.get("eval_return_mean"))
             if best_eval is not None and (training["best_eval"] is None or best_eval > training["best_eval"]):
                 training = {**training, "best_eval": best_eval}
         agent.trainer.restore(tensors, training)

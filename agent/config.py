@@ -37,6 +37,7 @@ class ModelConfig:
     lr: float = 3e-4  # Adam learning rate
     eps: float = 1e-8  # Adam epsilon
     grad_clip: float = 1000.0  # global gradient-norm clip
+    precision: str = "float32"  # float32, or bfloat16: autocast of the update's forward passes (for GPUs)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainConfig:
     recency: float = 0.0  # replay sampling weight (age + 1) ** -recency; 0 is uniform
     eval_every: int = 1000  # env steps between evaluations (0: never)
     eval_episodes: int = 10  # episodes per evaluation
+    confirm_episodes: int = 20  # extra episodes that confirm a new best policy before it is kept (0: none)
     log_every: int = 250  # env steps between metric lines
     checkpoint_every: int = 1000  # env steps between checkpoints of the whole training state (0: only at the end)
     max_nonfinite: int = 10  # updates in a row with non-finite losses or gradients before training stops
@@ -104,7 +106,10 @@ class Config:
 
 
 # What a resumed run may change: its length, and how often it evaluates, logs and saves.
-RESUMABLE = ("train.steps", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every")
+RESUMABLE = (
+    "train.steps", "train.eval_every", "train.eval_episodes", "train.confirm_episodes", "train.log_every",
+    "train.checkpoint_every",
+)  # fmt: skip
 
 SECTIONS = {"model": ModelConfig, "actor_critic": ActorCriticConfig, "train": TrainConfig}
 
@@ -302,7 +307,7 @@ def validate(config: Config) -> None:
         "model.free_bits": m.free_bits, "model.dyn_scale": m.dyn_scale, "model.rep_scale": m.rep_scale,
         "actor_critic.entropy": a.entropy, "actor_critic.starts": a.starts, "train.prefill": t.prefill,
         "train.recency": t.recency, "train.eval_every": t.eval_every, "seed": config.seed,
-        "train.checkpoint_every": t.checkpoint_every,
+        "train.checkpoint_every": t.checkpoint_every, "train.confirm_episodes": t.confirm_episodes,
     }  # fmt: skip
     for key, value in non_negative.items():
         if value < 0:
@@ -317,6 +322,8 @@ def validate(config: Config) -> None:
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")
+    if m.precision not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.precision must be float32 or bfloat16, got {m.precision!r}")
     if t.vector not in ("sync", "async"):
         raise ConfigError(f"train.vector must be sync or async, got {t.vector!r}")
     if config.obs not in ("state", "pixels"):

@@ -110,11 +110,11 @@ class Trainer:
         }
         self.rng = np.random.default_rng(cfg.seed)
         self.best_eval = -np.inf
-        self.evaluations, self.evaluated_at = 0, -1
+        self.evaluations = 0
         self.resumes = 0
         self.nonfinite = {"total": 0, "in_a_row": 0}
         self.recent_returns: list[float] = []
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self.sum_count = 0
         self.seconds_before = 0.0  # wall-clock of earlier sessions of a resumed run
         self.start_time = time.perf_counter()
@@ -179,7 +179,9 @@ class Trainer:
         batch = {k: torch.as_tensor(v, device=device) for k, v in sample.items()}
 
         wm.quantizer.anneal(agent.counters["env_steps"] / max(cfg.train.steps, 1))
-        wm_loss, terms, post = wm.loss(batch, agent.generator)
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.model.precision == "bfloat16")
+        with autocast:
+            wm_loss, terms, post = wm.loss(batch, agent.generator)
         self.optimizers["wm"].zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
@@ -192,8 +194,9 @@ class Trainer:
         if 0 < cfg.actor_critic.starts < len(start_cont):
             pick = torch.randperm(len(start_cont), generator=agent.generator, device=device)[: cfg.actor_critic.starts]
             start, start_cont = Latent(start.deter[pick], start.code[pick]), start_cont[pick]
-        feats, actions = ac.imagine(wm, start, agent.generator)
-        actor_loss, critic_loss, metrics = ac.loss(wm, feats, actions, start_cont)
+        with autocast:
+            feats, actions = ac.imagine(wm, start, agent.generator)
+            actor_loss, critic_loss, metrics = ac.loss(wm, feats, actions, start_cont)
         actor_params, critic_params = list(ac.actor.parameters()), list(ac.critic.parameters())
         actor_grads = torch.autograd.grad(actor_loss, actor_params, retain_graph=True)
         critic_grads = torch.autograd.grad(critic_loss, critic_params)
@@ -253,7 +256,7 @@ class Trainer:
             if now >= t.prefill and self.replay.count >= t.seq_len:
                 while counters["updates"] < now * t.train_ratio / replayed:
                     for key, value in self.update().items():
-                        self.sums[key] += float(value)
+                        self.sums[key] = self.sums[key] + value  # tensors: read (synced) only when logged
                     self.sum_count += 1
             done = now >= target
             evaluation = None
@@ -263,26 +266,34 @@ class Trainer:
             if evaluation is not None or now >= next_log or done:
                 next_log = (now // t.log_every + 1) * t.log_every
                 self.log(evaluation or {}, on_log)
-            if evaluation is not None and evaluation["eval_return_mean"] >= self.best_eval:
-                self.best_eval = evaluation["eval_return_mean"]
+            if evaluation is not None and evaluation["eval_new_best"]:
                 self.save("best", evaluation)
             if done or (next_checkpoint is not None and now >= next_checkpoint):
                 next_checkpoint = (now // t.checkpoint_every + 1) * t.checkpoint_every if t.checkpoint_every else None
                 self.save("last", evaluation)
 
     def evaluation(self) -> dict[str, Any]:
-        """Evaluate on fresh seeds (never those of training or of earlier evaluations)."""
-        cfg, counters = self.agent.config, self.agent.counters
+        """Evaluate on fresh seeds (never those of training or of earlier evaluations). A policy that
+        scores above the best so far is confirmed on `confirm_episodes` more episodes before it
+        becomes the best: ten episodes alone often rank a lucky policy first."""
+        cfg = self.agent.config
         self.evaluations += 1
-        self.evaluated_at = counters["env_steps"]
-        seed = 1_000_000 + cfg.seed * 10_000 + self.evaluations * cfg.train.eval_episodes
-        result = evaluate(self.agent, cfg.train.eval_episodes, seed)
-        return {
+        episodes, confirm = cfg.train.eval_episodes, cfg.train.confirm_episodes
+        result = evaluate(self.agent, episodes, 1_000_000 + cfg.seed * 10_000 + self.evaluations * episodes)
+        record = {
             "eval_return_mean": result["mean_return"],
             "eval_return_std": result["std_return"],
             "eval_length_mean": result["mean_length"],
-            "eval_return_best": max(self.best_eval, result["mean_return"]),
         }
+        score = result["mean_return"]
+        if score > self.best_eval and confirm:
+            more = evaluate(self.agent, confirm, 5_000_000 + cfg.seed * 100_000 + self.evaluations * confirm)
+            score = (score * episodes + more["mean_return"] * confirm) / (episodes + confirm)
+            record["eval_confirmed_mean"] = score
+        record["eval_new_best"] = score > self.best_eval
+        self.best_eval = max(self.best_eval, score)
+        record["eval_return_best"] = self.best_eval
+        return record
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start_time
@@ -296,7 +307,7 @@ class Trainer:
         if self.recent_returns:
             line["train/episode_return"] = float(np.mean(self.recent_returns))
         if self.sum_count:
-            line.update({k: v / self.sum_count for k, v in self.sums.items()})
+            line.update({k: float(v) / self.sum_count for k, v in self.sums.items()})
             self.sums.clear()
             self.sum_count = 0
         line.update(record)

@@ -9,6 +9,11 @@ Writes JSON and prints a rich summary. Runs the seeds one after another (2 cores
     python benchmarks/learning.py                                   # CartPole-v1, categorical, 3 seeds
     python benchmarks/learning.py --quantizer round --seeds 3 --steps 15000
     python benchmarks/learning.py --env Pendulum-v1 --steps 30000 --threshold -300
+    python benchmarks/learning.py --ppo          # and SB3 PPO side by side (pip install -e ".[bench]")
+
+With --ppo, Stable-Baselines3's PPO with rl-baselines3-zoo's tuned CartPole-v1 settings runs on the
+same seeds and the same evaluation protocol (10 deterministic episodes on fresh seeds every 1,000
+env steps, counted in its wall-clock) until it first reaches the threshold or --ppo-steps.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -68,6 +74,67 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
     }
 
 
+# rl-baselines3-zoo's tuned PPO settings for CartPole-v1 (hyperparams/ppo.yml); schedules over 1e5 steps
+PPO_CARTPOLE = {"n_envs": 8, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98, "n_epochs": 20,
+                "ent_coef": 0.0, "learning_rate": 1e-3, "clip_range": 0.2, "n_timesteps": 100_000}  # fmt: skip
+
+
+def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
+    """SB3 PPO on one seed: evaluation curve and the steps/seconds to the threshold."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    hp = dict(PPO_CARTPOLE)
+    total = hp.pop("n_timesteps")
+    lr, clip = hp.pop("learning_rate"), hp.pop("clip_range")
+    env = make_vec_env(args.env, n_envs=hp.pop("n_envs"), seed=seed)
+    model = PPO("MlpPolicy", env, learning_rate=lambda p: p * lr, clip_range=lambda p: p * clip, seed=seed,
+                device="cpu", verbose=0, **hp)  # fmt: skip
+    curve: list[dict] = []
+    start = time.perf_counter()
+
+    def evaluate_ppo(evaluation: int) -> float:
+        envs = gym.make_vec(args.env, num_envs=10, vectorization_mode="sync")
+        obs, _ = envs.reset(seed=1_000_000 + seed * 10_000 + evaluation * 10)
+        returns, running = np.zeros(10), np.ones(10, bool)
+        while running.any():
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, term, trunc, _ = envs.step(action)
+            returns += reward * running
+            running &= ~(term | trunc)
+        envs.close()
+        return float(returns.mean())
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            while self.num_timesteps >= (len(curve) + 1) * args.eval_every:
+                value = evaluate_ppo(len(curve) + 1)
+                curve.append({"step": (len(curve) + 1) * args.eval_every, "seconds": time.perf_counter() - start,
+                              "return": value})  # fmt: skip
+                console.log(
+                    f"PPO seed {seed}: step {curve[-1]['step']:>7,}  eval {value:8.1f}  {curve[-1]['seconds']:7.1f} s"
+                )
+                if value >= args.threshold:
+                    return False
+            return self.num_timesteps < args.ppo_steps
+
+    model.learn(total_timesteps=total, callback=Evaluate())
+    reached = next((point for point in curve if point["return"] >= args.threshold), None)
+    return {
+        "seed": seed,
+        "steps_to_threshold": reached["step"] if reached else None,
+        "seconds_to_threshold": reached["seconds"] if reached else None,
+        "curve": curve,
+    }
+
+
+def median_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def summary_table(args: argparse.Namespace, results: list[dict]) -> Table:
     table = Table(title=f"{args.env} · {args.quantizer} · preset {args.preset} · threshold {args.threshold:g}")
     for column in ("seed", "steps to thr.", "s to thr.", "final", "last-3 mean", "best", "fresh eval (best)", "run s"):
@@ -95,6 +162,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"), help="where the runs are written")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
+    parser.add_argument("--ppo", action="store_true", help="also run SB3 PPO (tuned CartPole settings) side by side")
+    parser.add_argument("--ppo-steps", type=int, default=100_000, help="PPO's budget if it never reaches the threshold")
     args = parser.parse_args()
     out = (
         args.out
@@ -114,11 +183,32 @@ def main() -> None:
         "median_run_seconds": statistics.median(r["seconds"] for r in results),
     }
     console.print(summary)
-    payload = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "summary": summary,
-        "seeds": results,
-    }
+    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "summary": summary,
+               "seeds": results}  # fmt: skip
+    if args.ppo:
+        ppo = [run_ppo(args, seed, console) for seed in args.seeds]
+        side = {
+            "ppo_median_steps_to_threshold": median_or_none([r["steps_to_threshold"] for r in ppo]),
+            "ppo_median_seconds_to_threshold": median_or_none([r["seconds_to_threshold"] for r in ppo]),
+        }
+        ours_steps, ours_seconds = summary["median_steps_to_threshold"], summary["median_seconds_to_threshold"]
+        if ours_steps and side["ppo_median_steps_to_threshold"]:
+            side["env_steps_ratio_ppo_over_ours"] = side["ppo_median_steps_to_threshold"] / ours_steps
+            side["seconds_ratio_ours_over_ppo"] = ours_seconds / side["ppo_median_seconds_to_threshold"]
+        table = Table(title=f"to {args.threshold:g}: this agent vs SB3 PPO (tuned), per seed")
+        for column in ("seed", "ours: env steps", "ours: s", "PPO: env steps", "PPO: s"):
+            table.add_column(column, justify="right")
+        for r, p in zip(results, ppo, strict=True):
+            cells = (
+                r["steps_to_threshold"],
+                r["seconds_to_threshold"],
+                p["steps_to_threshold"],
+                p["seconds_to_threshold"],
+            )
+            table.add_row(str(r["seed"]), *(f"{x:,.0f}" if x is not None else "not reached" for x in cells))
+        console.print(table)
+        console.print(side)
+        payload["ppo"] = {"settings": PPO_CARTPOLE, "seeds": ppo, "summary": side}
     atomic_write_text(out, json.dumps(payload, indent=1))
     console.print(f"wrote {out}")
 

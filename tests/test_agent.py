@@ -89,3 +89,29 @@ def test_collection_keeps_episode_boundaries_and_counts_real_steps():
     # after an is_last step the environment only resets: that call is not an env step
     assert agent.counters["env_steps"] == 2 * 200 - last.sum()
     assert agent.counters["episodes"] == last.sum()
+
+
+def test_a_lucky_evaluation_does_not_replace_the_best_without_confirmation(monkeypatch):
+    import agent.trainer as trainer_module
+
+    agent = Agent.create("CartPole-v1", preset="tiny", train={"eval_episodes": 10, "confirm_episodes": 20})
+    trainer = Trainer(agent)
+    # the means that successive calls of evaluate() return: 10 episodes, then 20 more if confirming
+    means = iter([200.0, 190.0, 300.0, 50.0, 200.0, 200.0, 150.0])
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *args: {"mean_return": next(means), "std_return": 0.0,
+                                                                   "mean_length": 1.0})  # fmt: skip
+    first, lucky, steady, worse = (trainer.evaluation() for _ in range(4))
+    assert first["eval_new_best"] and first["eval_confirmed_mean"] == pytest.approx(193.333, abs=1e-3)
+    assert lucky["eval_return_mean"] == 300.0 and not lucky["eval_new_best"]  # 300 on ten, 50 on twenty more
+    assert lucky["eval_confirmed_mean"] == pytest.approx(133.333, abs=1e-3)
+    assert lucky["eval_return_best"] == pytest.approx(193.333, abs=1e-3)
+    assert steady["eval_new_best"] and steady["eval_return_best"] == 200.0
+    assert not worse["eval_new_best"] and "eval_confirmed_mean" not in worse  # below the best: not confirmed
+
+
+def test_bfloat16_autocast_trains_with_finite_losses():
+    agent = Agent.create("CartPole-v1", preset="tiny", model={"precision": "bfloat16"}, train={"prefill": 40})
+    lines = []
+    agent.learn(120, on_log=lines.append)
+    losses = [v for line in lines for k, v in line.items() if k.startswith("loss/")]
+    assert losses and all(np.isfinite(losses)) and agent.counters["updates"] == 120 * 8 // 32
