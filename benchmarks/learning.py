@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -70,6 +71,9 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         "seconds": seconds,
         "env_steps": agent.counters["env_steps"],
         "updates": agent.counters["updates"],
+        "nonfinite_updates": agent.trainer.nonfinite["total"],
+        # the process's peak so far (seeds run one after another, so later seeds include earlier ones)
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "curve": curve,
     }
 
@@ -181,6 +185,8 @@ def main() -> None:
         else None,
         "median_last3_mean": statistics.median(r["last3_mean"] for r in results),
         "median_run_seconds": statistics.median(r["seconds"] for r in results),
+        "nonfinite_updates": sum(r["nonfinite_updates"] for r in results),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
     console.print(summary)
     payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "summary": summary,
