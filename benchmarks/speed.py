@@ -6,10 +6,13 @@ achieved fraction of this machine's float32 matmul throughput (measured here too
 steps per second; acting latency per env step (batch 1 and batched over 8 environments); end-to-end
 env steps per second at the preset's train ratio; parameter counts; replay bytes per stored step;
 peak resident memory. Also: collection throughput (policy acting, no training) for 1, 2, 4 and 8
-environments, sync and async.
+environments, sync and async; and with --profile, the PyTorch profiler's top operators of one
+update of the first preset.
 
     python benchmarks/speed.py                      # presets tiny, default, xs; CPU
     python benchmarks/speed.py --presets default --device cuda
+    python benchmarks/speed.py --presets default --profile --e2e-steps 0 --collect-steps 0
+    python benchmarks/speed.py --presets --obs pixels --out benchmarks/results/speed-pixels.json  # collection only
 """
 
 from __future__ import annotations
@@ -129,9 +132,32 @@ def end_to_end_sps(config, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dict:
+def profile(world_model_update, actor_critic_update, updates: int = 10, top: int = 15) -> list[dict]:
+    """The operators that take the most self time over `updates` updates (PyTorch profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(updates):
+            world_model_update()
+            actor_critic_update()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {"op": e.key, "calls_per_update": e.count / updates,
+         "self_ms_per_update": e.self_cpu_time_total / 1000 / updates, "share": e.self_cpu_time_total / total}
+        for e in events[:top]
+    ]  # fmt: skip
+
+
+def make_preset_config(name: str, args: argparse.Namespace):
     overrides = parse_overrides(args.set + PRESET_EXTRA.get(name, []))
-    config = make_config(name, overrides, env_id=args.env, device=args.device, quantizer=args.quantizer)
+    return make_config(name, overrides, env_id=args.env, device=args.device, quantizer=args.quantizer, obs=args.obs)
+
+
+def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dict:
+    config = make_preset_config(name, args)
     config.train.eval_every = 0
     device = torch.device(args.device)
     trainer = ready_trainer(config)
@@ -165,13 +191,13 @@ def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dic
     }
 
 
-def collection(env_id: str, counts: list[int], steps: int) -> list[dict]:
+def collection(env_id: str, obs_mode: str, counts: list[int], steps: int) -> list[dict]:
     """Env steps per second of a policy acting (no training) with N environments, sync and async."""
-    agent = Agent.create(env_id, preset="tiny")
+    agent = Agent.create(env_id, preset="tiny", obs=obs_mode)
     out = []
     for mode in ("sync", "async"):
         for n in counts:
-            env = envs.make_vector(env_id, n, mode=mode)
+            env = envs.make_vector(env_id, n, mode=mode, obs=obs_mode)
             obs, _ = env.reset(seed=0)
             state, first = agent.initial_state(n), np.ones(n, bool)
             start = time.perf_counter()
@@ -180,7 +206,7 @@ def collection(env_id: str, counts: list[int], steps: int) -> list[dict]:
                 obs, _, term, trunc, _ = env.step(envs.to_env_action(action, agent.discrete))
                 first = term | trunc
             rate = steps // n * n / (time.perf_counter() - start)
-            out.append({"env": env_id, "mode": mode, "envs": n, "env_steps_per_s": rate})
+            out.append({"env": env_id, "obs": obs_mode, "mode": mode, "envs": n, "env_steps_per_s": rate})
             env.close()
     return out
 
@@ -191,8 +217,10 @@ PRESET_EXTRA = {"xs": ["quantizer_options.groups=32", "quantizer_options.classes
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "default", "xs"])
+    parser.add_argument("--presets", nargs="*", default=["tiny", "default", "xs"], help="none: collection only")
     parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--obs", default="state", choices=["state", "pixels"])
+    parser.add_argument("--profile", action="store_true", help="profile one update of the first preset")
     parser.add_argument("--quantizer", default="categorical")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=20)
@@ -226,9 +254,21 @@ def main() -> None:
             str(r["replay_bytes_per_step"]),
         )  # fmt: skip
     console.print(table)
-    collected = collection(args.env, [1, 2, 4, 8], args.collect_steps) if args.collect_steps else []
+    profiled = []
+    if args.profile and args.presets:
+        trainer = ready_trainer(make_preset_config(args.presets[0], args))
+        world_model_update, _, actor_critic_update, _ = step_parts(trainer)
+        profiled = profile(world_model_update, actor_critic_update)
+        table = Table(title=f"top operators by self time, preset {args.presets[0]} (PyTorch profiler, 10 updates)")
+        for column in ("operator", "calls / update", "ms / update", "share"):
+            table.add_column(column, justify="right")
+        for p in profiled:
+            ms, share = f"{p['self_ms_per_update']:.1f}", f"{p['share']:.0%}"
+            table.add_row(p["op"], f"{p['calls_per_update']:.0f}", ms, share)
+        console.print(table)
+    collected = collection(args.env, args.obs, [1, 2, 4, 8], args.collect_steps) if args.collect_steps else []
     if collected:
-        table = Table(title=f"collection (policy acting, no training): {args.env}")
+        table = Table(title=f"collection (policy acting, no training): {args.env} ({args.obs})")
         for column in ("mode", "envs", "env steps/s"):
             table.add_column(column, justify="right")
         for c in collected:
@@ -237,7 +277,8 @@ def main() -> None:
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"peak resident memory: {peak_rss_mib:.0f} MiB")
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "matmul_gflops": peak, "presets": results,
-               "collection": collected, "peak_rss_mib": peak_rss_mib, "torch_threads": threads}  # fmt: skip
+               "collection": collected, "profile": profiled, "peak_rss_mib": peak_rss_mib,
+               "torch_threads": threads}  # fmt: skip
     atomic_write_text(args.out, json.dumps(payload, indent=1))
     console.print(f"wrote {args.out}")
 
