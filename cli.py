@@ -256,13 +256,17 @@ def print_summary(agent: Agent, run_dir: Path) -> None:
     table.add_row("wall-clock", f"{metrics[-1]['time/seconds']:.1f} s")
     if evals:
         table.add_row("last eval return", f"{evals[-1]['eval_return_mean']:.1f}")
-        table.add_row("best eval return", f"{max(e['eval_return_mean'] for e in evals):.1f}")
+        table.add_row("best eval return (confirmed)", f"{evals[-1]['eval_return_best']:.1f}")
     table.add_row("run folder", str(run_dir))
     console.print(table)
     console.print(f"evaluate it with: [bold]agent eval {run_dir}[/]")
 
 
 # --- agent eval ---------------------------------------------------------------------------------------
+
+
+def checkpoint_line(agent: Agent) -> str:
+    return f"checkpoint: [cyan]{agent.loaded_from}[/] (env steps {agent.counters['env_steps']:,})"
 
 
 @app.command("eval")
@@ -285,7 +289,7 @@ def evaluate(
     if json_:
         print(json.dumps(result))
         return
-    console.print(f"checkpoint: [cyan]{agent.loaded_from}[/] (env steps {agent.counters['env_steps']:,})")
+    console.print(checkpoint_line(agent))
     table = Table(title=f"{result['env_id']}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}")
     for column in ("mean return", "std", "min", "max", "mean length"):
         table.add_column(column, justify="right")
@@ -325,6 +329,7 @@ def watch(
         if window and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise ConfigError("--window needs a display, and none is set (DISPLAY); use --terminal or --out instead")
         agent = Agent.load(run_dir, which=checkpoint)
+        console.print(checkpoint_line(agent))
         if window:
             played = agent.play(episodes, seed, render="human", max_steps=max_steps)
         elif terminal:
@@ -400,10 +405,12 @@ def dream(
             out = write_video(out or folder / f"dream-{stamp}.gif", dream_frames(result), fps=8)
         else:
             out = write_png(out or folder / f"dream-{stamp}.png", dream_plot(result))
-    summary = {k: v for k, v in result.items() if k != "first_window"} | {"picture": str(out)}
+    summary = {k: v for k, v in result.items() if k != "first_window"}
+    summary |= {"picture": str(out), "checkpoint": str(agent.loaded_from)}
     if json_:
         print(json.dumps(summary))
         return
+    console.print(checkpoint_line(agent))
     table = Table(title=f"open-loop prediction: {context} real steps, then imagined ({result['windows']} windows)")
     for column in ("imagined step", "obs MSE", "|reward error|", "|continue error|"):
         table.add_column(column, justify="right")

@@ -90,6 +90,7 @@ def test_watch_writes_a_video_and_prints_how_each_episode_ended(cartpole_run, tm
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("episode")]
     assert len(lines) == 2 and all("return" in line and "length" in line for line in lines)
+    assert "best.safetensors" in result.output  # says which checkpoint it plays
     assert len(imageio.mimread(out)) > 2
     result = runner.invoke(app, ["watch", str(cartpole_run), "--max-steps", "5"])  # default: into the run folder
     assert result.exit_code == 0 and list((cartpole_run / "videos").iterdir())
@@ -116,9 +117,11 @@ def test_dream_on_vectors_writes_a_plot_and_an_error_table(cartpole_run, tmp_pat
     assert [row["step"] for row in data["errors"]] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(row["obs_mse"]) for row in data["errors"])
     assert 0 < data["code_usage"] <= 1 and data["picture"] == str(out)
+    assert data["checkpoint"].endswith("best.safetensors")
     assert imageio.imread(out).shape[0] == 6 * 110  # 4 observation dims + reward + continuation
-    result = runner.invoke(app, ["dream", str(cartpole_run), "--horizon", "4"])
+    result = runner.invoke(app, ["dream", str(cartpole_run), "--horizon", "4", "--checkpoint", "last"])
     assert result.exit_code == 0 and "imagined step" in result.output and "code usage" in result.output
+    assert "last.safetensors" in result.output
 
 
 @pytest.mark.skipif(not has_minatar, reason="needs the optional minatar package (pip install --no-deps minatar)")
