@@ -93,11 +93,7 @@ class Agent:
     @classmethod
     def from_config(cls, config: Config) -> Agent:
         """An untrained agent for a validated config, sized for its environment's spaces."""
-        env = envs.make(config.env_id, **config.env_options())
-        action_dim, discrete = envs.action_info(env.action_space)
-        obs_shape = env.observation_space.shape
-        env.close()
-        return cls(config, obs_shape, action_dim, discrete)
+        return cls(config, *env_spaces(config))
 
     # --- acting -------------------------------------------------------------------------------------
 
@@ -162,20 +158,18 @@ class Agent:
                 obs, _ = env.reset(seed=seed + number)
                 observations, actions, rewards, frames = [obs], [], [], []
                 state, terminated, truncated = None, False, False
-                while not (terminated or truncated) and (max_steps is None or len(rewards) < max_steps):
+                while True:  # a frame of every observation, the last one included
                     if render == "rgb_array":
                         frames.append(frame_of(env, obs))
                         if on_frame is not None:
                             on_frame(frames[-1], number, len(rewards), float(sum(rewards)))
+                    if terminated or truncated or (max_steps is not None and len(rewards) >= max_steps):
+                        break
                     action, state = self.act(obs, state)
                     actions.append(state.action[0].cpu().numpy())
                     obs, reward, terminated, truncated, _ = env.step(action)
                     observations.append(obs)
                     rewards.append(float(reward))
-                if render == "rgb_array":
-                    frames.append(frame_of(env, obs))
-                    if on_frame is not None:
-                        on_frame(frames[-1], number, len(rewards), float(sum(rewards)))
             finally:
                 env.close()
             out.append(Episode(np.stack(observations), np.stack(actions) if actions else np.zeros((0, self.action_dim)),
@@ -234,8 +228,7 @@ class Agent:
         training = meta["training"]
         best = run_dir / "checkpoints" / "best.safetensors"
         if best.is_file():  # best may be newer than last if a crash fell between the two writes
-            evaluation = checkpoint.metadata(best).get("evaluation", {})
-            best_eval = evaluation.get("eval_confirmed_mean", evaluation.get("eval_return_mean"))
+            best_eval = checkpoint.metadata(best).get("evaluation", {}).get("eval_return_best")
             if best_eval is not None and (training["best_eval"] is None or best_eval > training["best_eval"]):
                 training = {**training, "best_eval": best_eval}
         agent.trainer.restore(tensors, training)
@@ -274,10 +267,7 @@ class Agent:
 
     def check_env(self, file: Path) -> None:
         """The checkpoint's environment must still have the spaces the networks were built for."""
-        env = envs.make(self.config.env_id, **self.config.env_options())
-        action_dim, discrete = envs.action_info(env.action_space)
-        obs_shape = env.observation_space.shape
-        env.close()
+        obs_shape, action_dim, discrete = env_spaces(self.config)
         if (obs_shape, action_dim, discrete) != (self.obs_shape, self.action_dim, self.discrete):
             kind = "discrete" if discrete else "continuous"
             raise checkpoint.CheckpointError(
@@ -318,6 +308,15 @@ class Agent:
         agent.loaded_from = file
         agent.checkpoint_info = meta
         return agent
+
+
+def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:
+    """(observation shape, action vector size, discrete?) of the config's environment."""
+    env = envs.make(config.env_id, **config.env_options())
+    try:
+        return env.observation_space.shape, *envs.action_info(env.action_space)
+    finally:
+        env.close()
 
 
 def find_checkpoint(path: Path, which: str = "best") -> Path:

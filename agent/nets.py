@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.quantize import sample_index
+from agent.quantize import sample_index, unimix_probs
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -142,11 +142,7 @@ class OneHotPolicy:
     """Discrete actions as one-hot vectors: a categorical with a 1% uniform mixture (DreamerV3)."""
 
     def __init__(self, logits: Tensor, unimix: float = 0.01):
-        self.probs = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
-
-    @property
-    def logp(self) -> Tensor:
-        return self.probs.log()
+        self.probs, self.logp = unimix_probs(logits, unimix)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return F.one_hot(sample_index(self.probs, generator), self.probs.shape[-1]).to(self.probs.dtype)
@@ -158,7 +154,7 @@ class OneHotPolicy:
         return (action * self.logp).sum(-1)
 
     def entropy(self) -> Tensor:
-        return -(self.probs * self.probs.log()).sum(-1)
+        return -(self.probs * self.logp).sum(-1)
 
 
 class BoundedNormal:

@@ -88,6 +88,16 @@ def load_optimizer_state(prefix: str, optimizer: torch.optim.Optimizer, tensors:
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
 
 
+def evaluation_seed(seed: int, evaluation: int, episodes: int) -> int:
+    """First episode seed of a run's n-th evaluation: fresh for every evaluation, never a training seed."""
+    return 1_000_000 + seed * 10_000 + evaluation * episodes
+
+
+def next_due(now: int, every: int) -> int | None:
+    """The first multiple of `every` after `now` (None when `every` is 0: never)."""
+    return (now // every + 1) * every if every else None
+
+
 class Trainer:
     """Owns what only training needs: environments, replay, optimisers, the log and checkpoints."""
 
@@ -246,8 +256,7 @@ class Trainer:
         target = counters["env_steps"] + steps
         replayed = t.batch * t.seq_len
         next_log, next_eval, next_checkpoint = (
-            (counters["env_steps"] // every + 1) * every if every else None
-            for every in (t.log_every, t.eval_every, t.checkpoint_every)
+            next_due(counters["env_steps"], every) for every in (t.log_every, t.eval_every, t.checkpoint_every)
         )
         self.start_time = time.perf_counter()
         while counters["env_steps"] < target:
@@ -256,21 +265,23 @@ class Trainer:
             if now >= t.prefill and self.replay.count >= t.seq_len:
                 while counters["updates"] < now * t.train_ratio / replayed:
                     for key, value in self.update().items():
-                        self.sums[key] = self.sums[key] + value  # tensors: read (synced) only when logged
+                        self.sums[key] = self.sums[key] + value  # tensors: one read per log line, not per update
                     self.sum_count += 1
             done = now >= target
             evaluation = None
             if next_eval is not None and (now >= next_eval or done):
-                next_eval = (now // t.eval_every + 1) * t.eval_every
+                next_eval = next_due(now, t.eval_every)
                 evaluation = self.evaluation()
             if evaluation is not None or now >= next_log or done:
-                next_log = (now // t.log_every + 1) * t.log_every
+                next_log = next_due(now, t.log_every)
                 self.log(evaluation or {}, on_log)
             if evaluation is not None and evaluation["eval_new_best"]:
                 self.save("best", evaluation)
             if done or (next_checkpoint is not None and now >= next_checkpoint):
-                next_checkpoint = (now // t.checkpoint_every + 1) * t.checkpoint_every if t.checkpoint_every else None
+                next_checkpoint = next_due(now, t.checkpoint_every)
                 self.save("last", evaluation)
+        # a later learn() call continues the clock from here (time between calls is not training)
+        self.seconds_before, self.start_time = self.seconds(), time.perf_counter()
 
     def evaluation(self) -> dict[str, Any]:
         """Evaluate on fresh seeds (never those of training or of earlier evaluations). A policy that
@@ -279,7 +290,7 @@ class Trainer:
         cfg = self.agent.config
         self.evaluations += 1
         episodes, confirm = cfg.train.eval_episodes, cfg.train.confirm_episodes
-        result = evaluate(self.agent, episodes, 1_000_000 + cfg.seed * 10_000 + self.evaluations * episodes)
+        result = evaluate(self.agent, episodes, evaluation_seed(cfg.seed, self.evaluations, episodes))
         record = {
             "eval_return_mean": result["mean_return"],
             "eval_return_std": result["std_return"],

@@ -32,6 +32,7 @@ from rich.table import Table
 from agent import Agent
 from agent.checkpoint import atomic_write_text
 from agent.config import make_config, parse_overrides
+from agent.trainer import evaluation_seed
 
 FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its evaluations
 
@@ -101,7 +102,7 @@ def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
 
     def evaluate_ppo(evaluation: int) -> float:
         envs = gym.make_vec(args.env, num_envs=10, vectorization_mode="sync")
-        obs, _ = envs.reset(seed=1_000_000 + seed * 10_000 + evaluation * 10)
+        obs, _ = envs.reset(seed=evaluation_seed(seed, evaluation, 10))  # as the agent's evaluations
         returns, running = np.zeros(10), np.ones(10, bool)
         while running.any():
             action, _ = model.predict(obs, deterministic=True)

@@ -63,10 +63,11 @@ def matmul_gflops(device: torch.device, size: int = 2048) -> float:
     return 2 * size**3 / (ms / 1000) / 1e9
 
 
-def ready_trainer(config) -> Trainer:
+def ready_trainer(config, collects: int | None = None) -> Trainer:
+    """A fresh agent's trainer with `collects` steps (default: enough for a batch) in replay."""
     agent = Agent.from_config(config)
     trainer = agent.trainer = Trainer(agent)
-    for _ in range(max(config.train.seq_len * 2, 300)):
+    for _ in range(max(config.train.seq_len * 2, 300) if collects is None else collects):
         trainer.collect()
     return trainer
 
@@ -122,11 +123,7 @@ def acting_ms(agent: Agent, batch: int, device: torch.device) -> float:
 
 
 def end_to_end_sps(config, steps: int) -> float:
-    agent = Agent.from_config(config)
-    trainer = agent.trainer = Trainer(agent)
-    agent.counters["env_steps"] = 0
-    for _ in range(config.train.prefill):  # fill replay without training, then time collection + updates
-        trainer.collect()
+    agent = ready_trainer(config, config.train.prefill).agent  # replay filled without training; then time both
     start = time.perf_counter()
     agent.learn(steps)
     return steps / (time.perf_counter() - start)
