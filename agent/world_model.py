@@ -173,12 +173,12 @@ class WorldModel(nn.Module):
 
         obs (B, T, *obs_shape) with T > context, action (B, T, A). Returns the predicted observations
         (B, T, *obs_shape) (reconstructions for the context, predictions after it), rewards and
-        continuation probabilities (B, T), and posterior indices of the context (B, context, U).
+        continuation probabilities (B, T).
         """
         steps = obs.shape[1]
         is_first = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
         is_first[:, 0] = True
-        post, index, _, _ = self.observe(obs[:, :context], action[:, :context], is_first[:, :context])
+        post, _, _, _ = self.observe(obs[:, :context], action[:, :context], is_first[:, :context])
         latents = [Latent(post.deter[:, t], post.code[:, t]) for t in range(context)]
         for t in range(context, steps):
             latents.append(self.imagine_step(latents[-1], action[:, t - 1], deterministic=True))
@@ -187,7 +187,6 @@ class WorldModel(nn.Module):
             "obs": self.decoder(feat).mean(),
             "reward": self.reward_dist(feat).mean(),
             "cont": self.cont_dist(feat).mean(),
-            "index": index,
         }
 
     # --- heads and losses ---------------------------------------------------------------------------

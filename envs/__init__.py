@@ -106,10 +106,15 @@ class PixelObservation(gym.ObservationWrapper):
         super().__init__(env)
         self.size = size
         self.observation_space = gym.spaces.Box(0, 255, (3, size, size), np.uint8)
+        self.frame: np.ndarray | None = None
 
     def observation(self, obs):
-        frame = self.env.render()
-        return resize(np.asarray(frame), self.size).transpose(2, 0, 1)
+        self.frame = np.asarray(self.env.render())
+        return resize(self.frame, self.size).transpose(2, 0, 1)
+
+    def render(self):
+        """The full-size frame of the latest observation: rendered once per step, not again."""
+        return self.frame if self.frame is not None else self.env.render()
 
 
 def resize(frame: np.ndarray, size: int) -> np.ndarray:
