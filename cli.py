@@ -1,58 +1,74 @@
-"""The `agent` command line: parse, validate, call the library, render with rich."""
+"""The `agent` command line: parse, validate, call the library, render with rich.
+
+The library (and torch, which takes seconds to import) is imported inside the commands, so that
+`agent --help` answers at once.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import shlex
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-import agent as agent_package
-from agent import Agent
-from agent.checkpoint import CheckpointError
-from agent.config import ConfigError, make_config, parse_overrides
-from agent.dream import dream as run_dream
-from agent.dream import dream_frames, dream_plot
-from agent.quantize import QUANTIZERS
-from agent.render import VIDEO_SUFFIXES, HalfBlocks, RenderError, write_png, write_video
-from agent.trainer import TrainingError
-from envs import EnvError
+if TYPE_CHECKING:
+    from agent import Agent, Trainer
 
 app = typer.Typer(
     help="A discrete world-model RL agent: Dreamer-style learning with straight-through latent codes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # help texts are plain: "[...]" in them is text, not markup
 )
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # an error stays on one line
 
+# names for the help texts (tests check them against agent.quantize.QUANTIZERS and agent.config.PRESETS)
+QUANTIZER_NAMES = "categorical (default), round, fsq, binary, gumbel, reinmax, gumbel_rao, vq"
+PRESET_NAMES = "default, tiny (smoke runs), xs (sheeprl's DreamerV3-XS layout), large (GPU)"
 
-DEBUG = {"on": False}
+
+def package_version() -> str:
+    try:
+        return version("stdreamer")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def show_version(value: bool) -> None:
+    if value:
+        console.print(f"stdreamer {package_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full Python tracebacks on errors.")] = False,
+    version_: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Train, evaluate and inspect discrete world-model agents."""
-    DEBUG["on"] = debug
 
 
-@app.command()
-def version() -> None:
+@app.command("version")
+def version_command() -> None:
     """Print the package version."""
-    console.print(f"stdreamer {agent_package.__version__}")
+    console.print(f"stdreamer {package_version()}")
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -60,29 +76,57 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def exit_code(error: BaseException) -> int | None:
+    """2 for bad input, 1 for a failure while running (a full disk, divergence), None: not a user error."""
+    from agent.checkpoint import CheckpointError
+    from agent.config import ConfigError
+    from agent.render import RenderError
+    from agent.runs import RunFolderError
+    from agent.trainer import TrainingError
+    from envs import EnvError
+
+    if isinstance(error, ConfigError | EnvError | CheckpointError | RenderError | RunFolderError):
+        return 2
+    if isinstance(error, OSError | TrainingError):
+        return 1
+    return None
+
+
 @contextlib.contextmanager
-def user_errors():
-    """Every error a user can cause ends the command with one line on stderr: exit code 2 for bad
-    input, 1 for a failure while running (a full disk, divergence); --debug shows the traceback."""
+def user_errors(ctx: typer.Context):
+    """Every error a user can cause ends the command with one line on stderr (see exit_code); --debug
+    shows the traceback instead."""
+    debug = ctx.find_root().params.get("debug", False)
     try:
         yield
-    except (ConfigError, EnvError, CheckpointError, RenderError) as error:
-        if DEBUG["on"]:
-            raise
-        raise fail(str(error), 2) from None
-    except (OSError, TrainingError) as error:
-        if DEBUG["on"]:
-            raise
-        raise fail(str(error), 1) from None
     except KeyboardInterrupt:
+        if debug:
+            raise
         raise fail("interrupted", 130) from None
+    except Exception as error:
+        code = exit_code(error)
+        if code is None or debug:
+            raise
+        raise fail(str(error), code) from None
 
 
 def check_device(device: str) -> None:
+    import torch
+
+    from agent.config import ConfigError
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps: no MPS device is available")
+
+
+def check_positive(**values: float | None) -> None:
+    from agent.config import ConfigError
+
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value:g}")
 
 
 # --- agent train --------------------------------------------------------------------------------------
@@ -99,69 +143,116 @@ SHOWN = {
     "loss/actor": "actor loss",
     "loss/critic": "critic loss",
     "actor/entropy": "policy entropy",
+    "actor/return_scale": "return scale",
 }
 
 
 class TrainView:
-    """A progress bar with ETA and a table of the latest metrics, redrawn on every log line."""
+    """The live view of `agent train`: a progress bar, the phase, rates over the last 30 seconds, an ETA
+    and the latest metrics. Rich redraws it four times a second from its own thread, reading the
+    trainer's counters, so it moves during prefill and during bursts of updates too."""
 
-    def __init__(self, total: int, start: int):
-        self.progress = Progress(
-            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("env steps"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-        )  # fmt: skip
-        self.task = self.progress.add_task("train", total=total, completed=start)
-        self.start = start
+    window = 30.0  # seconds of history behind the rates
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.samples: collections.deque[tuple[float, int, int]] = collections.deque()
         self.last: dict[str, Any] = {}
-        self.live = Live(self.render(), console=console, refresh_per_second=4)
 
-    def render(self) -> Group:
+    def on_log(self, line: dict[str, Any]) -> None:
+        self.last = {**self.last, **line}
+
+    def rates(self) -> tuple[float, float, float] | None:
+        """(env steps/s, updates/s, seconds covered) since the oldest sample of the window."""
+        (t0, s0, u0), (t1, s1, u1) = self.samples[0], self.samples[-1]
+        return ((s1 - s0) / (t1 - t0), (u1 - u0) / (t1 - t0), t1 - t0) if t1 - t0 >= 1.0 else None
+
+    def __rich__(self) -> Group:
+        counters, cfg = self.trainer.counters, self.trainer.agent.config
+        steps, total, now = counters["env_steps"], cfg.train.steps, time.monotonic()
+        prefill = steps < cfg.train.prefill
+        if prefill:  # random actions: far faster than training, so they say nothing of the ETA
+            self.samples.clear()
+        self.samples.append((now, steps, counters["updates"]))
+        while now - self.samples[0][0] > self.window:
+            self.samples.popleft()
+        rates = self.rates()
+        if prefill:
+            eta = "after prefill"
+        elif rates is None or rates[0] <= 0 or rates[2] < 5:
+            eta = "measuring"
+        else:
+            eta = time.strftime("%H:%M:%S", time.gmtime((total - steps) / rates[0]))
+        phase = "prefill (random actions)" if prefill else "training"
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=total, completed=steps, width=30), f"{steps:,}/{total:,} env steps",
+                    f"eta {eta}")  # fmt: skip
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column(style="dim")
         table.add_column(justify="right")
-        seconds = self.last.get("time/seconds", 0.0)
-        if self.last:
-            table.add_row("env steps / s", f"{self.last['time/sps']:.1f}")
-            table.add_row("updates / s", f"{self.last['updates'] / max(seconds, 1e-9):.2f}")
+        table.add_row("phase", phase)
+        table.add_row("updates", f"{counters['updates']:,}")
+        if rates is not None:
+            table.add_row("env steps / s (last 30 s)", f"{rates[0]:.1f}")
+            table.add_row("updates / s (last 30 s)", f"{rates[1]:.2f}")
         for key, label in SHOWN.items():
             if key in self.last:
-                table.add_row(
-                    label, f"{self.last[key]:.3f}" if "loss" in key or "/" in key else f"{self.last[key]:.1f}"
-                )
-        return Group(self.progress, table)
+                table.add_row(label, f"{self.last[key]:.3f}" if "/" in key else f"{self.last[key]:.1f}")
+        return Group(bar, table)
 
-    def __call__(self, line: dict[str, Any]) -> None:
-        self.last = {**self.last, **line}
-        self.progress.update(self.task, completed=line["step"])
-        self.live.update(self.render())
+
+def plain_line(line: dict[str, Any], total: int) -> str:
+    """One log line as text, for output that is not a terminal (a file, a pipe, a CI log)."""
+    parts = [f"step {line['step']:,}/{total:,}", f"{line['time/seconds']:.0f} s", f"{line['time/sps']:.1f} env steps/s",
+             f"{line['updates']:,} updates"]  # fmt: skip
+    if "train/episode_return" in line:
+        parts.append(f"episode return {line['train/episode_return']:.1f}")
+    if "eval_return_mean" in line:
+        parts.append(f"eval {line['eval_return_mean']:.1f} (best {line['eval_return_best']:.1f})")
+    return " · ".join(parts)
 
 
 def default_run_dir(env_id: str, quantizer: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{env_id.replace('/', '_')}-{quantizer}-{stamp}"
+    from agent.runs import safe_name
+
+    return Path("runs") / f"{safe_name(env_id)}-{quantizer}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"agent train --resume {shlex.quote(str(run_dir))}"
 
 
 @app.command()
 def train(
-    env_id: Annotated[str | None, typer.Argument(help="A Gymnasium environment id [default: CartPole-v1].")] = None,
-    steps: Annotated[int | None, typer.Option(help="Total env steps of the run (default: the preset's).")] = None,
-    quantizer: Annotated[
-        str | None, typer.Option("--quantizer", "-q", help=f"One of: {', '.join(QUANTIZERS)} [default: categorical].")
+    ctx: typer.Context,
+    env_id: Annotated[
+        str | None, typer.Argument(help="A Gymnasium id, or module:EnvId for a custom env (default: CartPole-v1).")
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="Sizes and schedule: default, tiny, large.")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Random seed (runs are reproducible on the CPU) [default: 0].")
+    steps: Annotated[
+        int | None, typer.Option(help="Total env steps of the run (default: the preset's, 15000).")
     ] = None,
+    quantizer: Annotated[str | None, typer.Option("--quantizer", "-q", help=f"One of: {QUANTIZER_NAMES}.")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Sizes and schedule: {PRESET_NAMES}.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; runs repeat exactly on the CPU (default: 0).")] = None,
     run_dir: Annotated[
-        Path | None, typer.Option(help="Where to write the run (default runs/<env>-<q>-<time>).")
+        Path | None, typer.Option(help="Where to write the run (default: runs/<env>-<q>-<time>).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cpu].")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or mps (default: cpu).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads; 0: one per core (default: 1, see README: Threads).")
+    ] = None,
     obs: Annotated[
         str | None, typer.Option(help="state (the env's observations) or pixels (its rendered frames).")
     ] = None,
-    envs_: Annotated[int | None, typer.Option("--envs", help="Environments stepped together [default: 1].")] = None,
+    envs_: Annotated[int | None, typer.Option("--envs", help="Environments stepped together (default: 1).")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Env steps between evaluations; 0: never (default: 1000).")
+    ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config value: key=value (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Override a config value: key=value (repeatable; see agent config)."
+        ),
     ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
@@ -169,16 +260,15 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No live view: print one line per evaluation.")] = False,
 ) -> None:
     """Train an agent; writes config.json, metrics.jsonl, checkpoints and replay to the run folder."""
-    with user_errors():
+    with user_errors(ctx):
+        from agent import Trainer
+        from agent.config import ConfigError, make_config, parse_overrides
+
         overrides = parse_overrides(set_ or [])
-        if steps is not None:
-            if steps <= 0:
-                raise ConfigError(f"--steps must be > 0, got {steps}")
-            overrides["train.steps"] = steps
-        if envs_ is not None:
-            overrides["train.envs"] = envs_
-        if obs is not None:
-            overrides["obs"] = obs
+        check_positive(steps=steps)
+        options = {"train.steps": steps, "train.envs": envs_, "obs": obs, "threads": threads,
+                   "train.eval_every": eval_every}  # fmt: skip
+        overrides.update({key: value for key, value in options.items() if value is not None})
         if resume is not None:
             fixed = {
                 "ENV_ID": env_id,
@@ -191,105 +281,169 @@ def train(
             if given:
                 raise ConfigError(f"{', '.join(given)} cannot be given with --resume: the run keeps its own")
             check_device(device or "cpu")
-            agent = Agent.resume(resume, overrides, device=device)
-            run_dir = resume
+            trainer = Trainer.resume(resume, overrides, device=device)
             changes = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-            console.print(
-                f"resuming [cyan]{run_dir}[/] at env step {agent.counters['env_steps']:,} "
-                f"(update {agent.counters['updates']:,}); changes: {changes}"
-            )
+            if trainer.restarted:
+                console.print(f"{resume} has no checkpoint yet: starting the run again from its config.json")
+            else:
+                console.print(
+                    f"resuming [cyan]{escape(str(resume))}[/] at env step {trainer.counters['env_steps']:,} "
+                    f"(update {trainer.counters['updates']:,}); changes: {escape(changes)}"
+                )
         else:
             config = make_config(
                 preset or "default", overrides, env_id=env_id or "CartPole-v1", quantizer=quantizer or "categorical",
                 seed=seed or 0, device=device or "cpu",
             )  # fmt: skip
             check_device(config.device)
-            run_dir = run_dir or default_run_dir(config.env_id, config.quantizer)
-            check_run_dir(run_dir)
-            agent = Agent.from_config(config)
-        config = agent.config
+            from agent import Agent
+
+            trainer = Trainer(Agent.from_config(config), run_dir or default_run_dir(config.env_id, config.quantizer))
+        with trainer:
+            run(trainer, quiet)
+
+
+def run(trainer: Trainer, quiet: bool) -> None:
+    """Train to the run's budget with a live view (a terminal), plain lines (not a terminal) or one line
+    per evaluation (--quiet); then a summary. Ctrl-C: a checkpoint and the command that resumes."""
+    from agent import TrainingInterrupted
+
+    config, run_dir = trainer.agent.config, trainer.run_dir
+    total = config.train.steps
+    if trainer.finished:
         console.print(
-            f"[bold]{config.env_id}[/] · quantizer [bold]{config.quantizer}[/] · seed {config.seed}"
-            f" · {config.train.steps:,} env steps · run folder [cyan]{run_dir}[/]"
+            f"nothing to do: {run_dir} has reached its {total:,} env steps; "
+            f"extend it with {resume_command(run_dir)} --steps N (N > {total:,})"
         )
-        if quiet:
-            agent.learn(None, run_dir, on_log=print_eval_line)
-        else:
-            view = TrainView(config.train.steps, agent.counters["env_steps"])
-            with view.live:
-                agent.learn(None, run_dir, on_log=view)
-    print_summary(agent, run_dir)
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """A new run needs a folder it can write, without a run in it already."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is a file, not a folder")
-    if (run_dir / "config.json").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; resume it with --resume {run_dir}, or choose another --run-dir"
-        )
+        return
+    console.print(f"[bold]{escape(config.env_id)}[/] · {config.quantizer} · seed {config.seed} · {total:,} env steps")
+    console.print(f"run folder: [cyan]{escape(str(run_dir))}[/]")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"cannot write to the run folder {run_dir}: {error.strerror or error}") from None
+        if quiet:
+            trainer.learn(on_log=print_eval_line)
+        elif not console.is_terminal:
+            trainer.learn(on_log=lambda line: console.print(plain_line(line, total), highlight=False))
+        else:
+            view = TrainView(trainer)
+            with Live(view, console=console, refresh_per_second=4):
+                trainer.learn(on_log=view.on_log)
+    except TrainingInterrupted as stop:
+        errors.print(
+            f"interrupted at env step {stop.step:,}; checkpoint written. Resume with: {resume_command(run_dir)}",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        errors.print(f"aborted; the run keeps its last checkpoint. Resume with: {resume_command(run_dir)}",
+                     highlight=False, markup=False)  # fmt: skip
+        raise typer.Exit(130) from None
+    print_summary(trainer)
 
 
 def print_eval_line(line: dict[str, Any]) -> None:
     if "eval_return_mean" in line:
         console.print(
             f"step {line['step']:>8,}  eval return {line['eval_return_mean']:8.1f}  "
-            f"best {line['eval_return_best']:8.1f}  {line['time/seconds']:7.1f} s"
+            f"best {line['eval_return_best']:8.1f}  {line['time/seconds']:7.1f} s",
+            highlight=False,
         )
 
 
-def print_summary(agent: Agent, run_dir: Path) -> None:
+def print_summary(trainer: Trainer) -> None:
+    run_dir = trainer.run_dir
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in metrics if "eval_return_mean" in m]
     table = Table(title="summary", show_header=False)
-    table.add_row("env steps", f"{agent.counters['env_steps']:,}")
-    table.add_row("updates", f"{agent.counters['updates']:,}")
-    table.add_row("episodes", f"{agent.counters['episodes']:,}")
-    table.add_row("wall-clock", f"{metrics[-1]['time/seconds']:.1f} s")
+    table.add_row("env steps", f"{trainer.counters['env_steps']:,}")
+    table.add_row("updates", f"{trainer.counters['updates']:,}")
+    table.add_row("episodes", f"{trainer.counters['episodes']:,}")
+    table.add_row("wall-clock", f"{trainer.seconds():.1f} s")
     if evals:
         table.add_row("last eval return", f"{evals[-1]['eval_return_mean']:.1f}")
         table.add_row("best eval return (confirmed)", f"{evals[-1]['eval_return_best']:.1f}")
     table.add_row("run folder", str(run_dir))
     console.print(table)
-    console.print(f"evaluate it with: [bold]agent eval {run_dir}[/]")
+    console.print(f"evaluate it with: [bold]agent eval {escape(shlex.quote(str(run_dir)))}[/]")
+
+
+# --- agent config -------------------------------------------------------------------------------------
+
+
+@app.command("config")
+def show_config(
+    ctx: typer.Context,
+    env_id: Annotated[str, typer.Argument(help="A Gymnasium id (not checked here).")] = "CartPole-v1",
+    quantizer: Annotated[str, typer.Option("--quantizer", "-q", help=f"One of: {QUANTIZER_NAMES}.")] = "categorical",
+    preset: Annotated[str, typer.Option(help=f"Sizes and schedule: {PRESET_NAMES}.")] = "default",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: key=value.")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the config as JSON (as config.json holds it).")] = False,
+) -> None:
+    """The resolved config of a preset and overrides: every key that --set takes, its value and its meaning."""
+    with user_errors(ctx):
+        from agent.config import describe, make_config, parse_overrides
+
+        config = make_config(preset, parse_overrides(set_ or []), env_id=env_id, quantizer=quantizer)
+    if json_:
+        print(config.to_json())
+        return
+    table = Table(title=f"config: preset {preset}, quantizer {quantizer}")
+    for column in ("key (--set key=value)", "value", "meaning"):
+        table.add_column(column)
+    for key, value, doc in describe(config):
+        table.add_row(key, escape(json.dumps(value)), escape(doc))
+    console.print(table)
 
 
 # --- agent eval ---------------------------------------------------------------------------------------
 
+DEVICE_HELP = "cpu, cuda, cuda:N or mps."
+THREADS_HELP = "torch threads (0: one per core)."
 
-def checkpoint_line(agent: Agent) -> str:
-    return f"checkpoint: [cyan]{agent.loaded_from}[/] (env steps {agent.counters['env_steps']:,})"
+
+def load_agent(run_dir: Path, checkpoint: str, device: str, threads: int) -> Agent:
+    """The policy of a run folder or checkpoint file, on `device`, with `threads` torch threads."""
+    from agent import Agent
+    from agent.config import ConfigError
+    from agent.trainer import set_threads
+
+    if threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {threads}")
+    set_threads(threads)
+    check_device(device)
+    agent = Agent.load(run_dir, which=checkpoint, device=device)
+    console.print(
+        f"checkpoint: [cyan]{escape(str(agent.loaded_from))}[/] (env steps {agent.trained_env_steps:,})",
+        highlight=False,
+    )
+    return agent
 
 
 @app.command("eval")
 def evaluate(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or a checkpoint file).")],
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the first episode (training never uses these).")] = 12345,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Run the saved policy without exploration and report its returns."""
-    with user_errors():
-        if episodes <= 0:
-            raise ConfigError(f"--episodes must be > 0, got {episodes}")
-        check_device(device)
-        agent = Agent.load(run_dir, which=checkpoint, device=device)
-        result = agent.evaluate(episodes, seed)
+    with user_errors(ctx):
+        from agent.evaluate import evaluate as evaluate_policy
+
+        check_positive(episodes=episodes)
+        with console.capture() if json_ else contextlib.nullcontext():  # with --json: only the JSON
+            agent = load_agent(run_dir, checkpoint, device, threads)
+        result = evaluate_policy(agent, episodes, seed)
     result["checkpoint"] = str(agent.loaded_from)
     if json_:
         print(json.dumps(result))
         return
-    console.print(checkpoint_line(agent))
     table = Table(title=f"{result['env_id']}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}")
     for column in ("mean return", "std", "min", "max", "mean length"):
         table.add_column(column, justify="right")
@@ -302,12 +456,18 @@ def evaluate(
 # --- agent watch --------------------------------------------------------------------------------------
 
 
-def episode_line(number: int, episode) -> str:
-    return f"episode {number + 1}: return {episode.total_reward:.1f}, length {episode.length}, {episode.ending}"
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def output_folder(run_dir: Path, name: str) -> Path:
+    """Where pictures of a run go: <run>/<name>, beside the checkpoint when given a file."""
+    return (run_dir if run_dir.is_dir() else run_dir.parent) / name
 
 
 @app.command()
 def watch(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or a checkpoint file).")],
     episodes: Annotated[int, typer.Option(help="Episodes to play.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Video file to write (.mp4 or .gif).")] = None,
@@ -317,59 +477,63 @@ def watch(
     seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 12345,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     max_steps: Annotated[int | None, typer.Option(help="Stop an episode after this many steps.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 1,
 ) -> None:
     """Play the saved policy and show it: a video file (default), the terminal, or a window."""
-    with user_errors():
-        if episodes <= 0 or fps <= 0:
-            raise ConfigError(f"--episodes and --fps must be > 0, got {episodes} and {fps}")
+    with user_errors(ctx):
+        from agent.config import ConfigError
+        from agent.play import play
+        from agent.render import VIDEO_SUFFIXES, write_video
+
+        check_positive(episodes=episodes, fps=fps, max_steps=max_steps)
         if terminal and window:
             raise ConfigError("choose one of --terminal and --window")
         if out is not None and out.suffix.lower() not in VIDEO_SUFFIXES:
             raise ConfigError(f"{out}: unsupported video format {out.suffix or '(none)'}; use .mp4 or .gif")
-        if window and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        if window and not has_display():
             raise ConfigError("--window needs a display, and none is set (DISPLAY); use --terminal or --out instead")
-        agent = Agent.load(run_dir, which=checkpoint)
-        console.print(checkpoint_line(agent))
+        agent = load_agent(run_dir, checkpoint, device, threads)
         if window:
-            played = agent.play(episodes, seed, render="human", max_steps=max_steps)
+            played = play(agent, episodes, seed, render="human", max_steps=max_steps)
         elif terminal:
             played = play_in_terminal(agent, episodes, seed, fps, max_steps)
         else:
-            played = agent.play(episodes, seed, render="rgb_array", max_steps=max_steps)
+            played = play(agent, episodes, seed, render="rgb_array", max_steps=max_steps)
             frames = [frame for episode in played for frame in episode.frames]
             out = out or default_video_path(agent, run_dir)
             write_video(out, frames, fps)
     for number, episode in enumerate(played):
-        console.print(episode_line(number, episode))
+        console.print(
+            f"episode {number + 1}: return {episode.total_reward:.1f}, length {episode.length}, {episode.ending}"
+        )
     if out is not None:
-        console.print(f"video: [cyan]{out}[/] ({sum(len(e.frames) for e in played)} frames at {fps:g} fps)")
+        console.print(
+            f"video: [cyan]{escape(str(out))}[/] ({sum(len(e.frames) for e in played)} frames at {fps:g} fps)"
+        )
 
 
 def default_video_path(agent: Agent, run_dir: Path) -> Path:
-    folder = (run_dir if run_dir.is_dir() else run_dir.parent) / "videos"
-    return folder / f"{agent.loaded_from.stem}-{time.strftime('%Y%m%d-%H%M%S')}.{'mp4' if has_ffmpeg() else 'gif'}"
+    from agent.render import has_ffmpeg
 
-
-def has_ffmpeg() -> bool:
-    try:
-        import imageio_ffmpeg  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+    suffix = "mp4" if has_ffmpeg() else "gif"
+    return output_folder(run_dir, "videos") / f"{agent.loaded_from.stem}-{time.strftime('%Y%m%d-%H%M%S')}.{suffix}"
 
 
 def play_in_terminal(agent: Agent, episodes: int, seed: int, fps: float, max_steps: int | None):
     """Live playback: each frame drawn with half-block characters, fitted to the terminal."""
+    from agent.play import play
+    from agent.render import HalfBlocks
+
     width, height = console.size.width, max(4, console.size.height - 3)
     with Live(console=console, refresh_per_second=fps, transient=False) as live:
 
         def show(frame, number, step, total):
             caption = f"episode {number + 1} · step {step} · return {total:.1f}"
-            live.update(Group(HalfBlocks(frame, width, height), caption))
+            live.update(Group(HalfBlocks(frame, width, height, console.color_system), caption))
             time.sleep(1 / fps)
 
-        return agent.play(episodes, seed, render="rgb_array", max_steps=max_steps, on_frame=show)
+        return play(agent, episodes, seed, render="rgb_array", max_steps=max_steps, on_frame=show)
 
 
 # --- agent dream --------------------------------------------------------------------------------------
@@ -377,41 +541,60 @@ def play_in_terminal(agent: Agent, episodes: int, seed: int, fps: float, max_ste
 
 @app.command()
 def dream(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or a checkpoint file).")],
     context: Annotated[int, typer.Option(help="Real steps the model sees before it imagines.")] = 5,
     horizon: Annotated[int, typer.Option(help="Steps it imagines with the actions actually taken.")] = 45,
     seed: Annotated[int, typer.Option(help="Seed of the real episode.")] = 12345,
     out: Annotated[Path | None, typer.Option(help="Picture to write: .png (vectors) or .gif/.mp4 (images).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print the errors as one JSON object.")] = False,
 ) -> None:
     """What the world model imagines beside what really happened, with its error per imagined step."""
-    with user_errors():
-        if context < 1 or horizon < 1:
-            raise ConfigError(f"--context and --horizon must be >= 1, got {context} and {horizon}")
-        agent = Agent.load(run_dir, which=checkpoint)
+    with user_errors(ctx):
+        from agent.config import ConfigError
+        from agent.dream import dream as run_dream
+        from agent.dream import dream_frames
+        from agent.play import play
+        from agent.plots import dream_figure, save_figure
+        from agent.render import VIDEO_SUFFIXES, write_video
+
+        check_positive(context=context, horizon=horizon)
+        with console.capture() if json_ else contextlib.nullcontext():
+            agent = load_agent(run_dir, checkpoint, device, threads)
         images = len(agent.obs_shape) == 3
         allowed = VIDEO_SUFFIXES if images else (".png",)
         if out is not None and out.suffix.lower() not in allowed:
             raise ConfigError(f"{out}: unsupported format {out.suffix or '(none)'} here; use {' or '.join(allowed)}")
-        (episode,) = agent.play(1, seed)
+        (episode,) = play(agent, 1, seed)
         try:
             result = run_dream(agent, episode, context, horizon)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        folder = (run_dir if run_dir.is_dir() else run_dir.parent) / "dreams"
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder, stamp = output_folder(run_dir, "dreams"), time.strftime("%Y%m%d-%H%M%S")
         if images:
             out = write_video(out or folder / f"dream-{stamp}.gif", dream_frames(result), fps=8)
         else:
-            out = write_png(out or folder / f"dream-{stamp}.png", dream_plot(result))
+            title = (f"{agent.config.env_id} · {agent.config.quantizer} · {agent.loaded_from.name} "
+                     f"at {agent.trained_env_steps:,} env steps · episode seed {seed}")  # fmt: skip
+            out = save_figure(dream_figure(result, title), out or folder / f"dream-{stamp}.png")
     summary = {k: v for k, v in result.items() if k != "first_window"}
     summary |= {"picture": str(out), "checkpoint": str(agent.loaded_from)}
     if json_:
         print(json.dumps(summary))
         return
-    console.print(checkpoint_line(agent))
-    table = Table(title=f"open-loop prediction: {context} real steps, then imagined ({result['windows']} windows)")
+    if result["horizon"] < result["horizon_requested"]:
+        console.print(
+            f"note: the episode has {episode.length + 1} observations, so --horizon {result['horizon_requested']} "
+            f"was shortened to {result['horizon']} (context {context} + horizon must fit in it)"
+        )
+    windows = result["windows"]
+    table = Table(
+        title=f"open-loop prediction: {context} real steps, then {result['horizon']} imagined "
+        f"(mean over {windows} window{'s' if windows != 1 else ''} of the episode)"
+    )
     for column in ("imagined step", "obs MSE", "|reward error|", "|continue error|"):
         table.add_column(column, justify="right")
     for row in result["errors"]:
@@ -422,7 +605,7 @@ def dream(
         f"reconstruction MSE (context) {result['reconstruction_mse']:.4g} · code usage over the episode: "
         f"{result['code_usage']:.1%} of {result['alphabet_size']} symbols, perplexity {result['code_perplexity']:.2f}"
     )
-    console.print(f"picture: [cyan]{out}[/]")
+    console.print(f"picture: [cyan]{escape(str(out))}[/]")
 
 
 if __name__ == "__main__":

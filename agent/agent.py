@@ -1,8 +1,11 @@
-"""The public API, in the habits of Stable-Baselines3: create, learn, act, evaluate, save, load."""
+"""The policy: a world model and an actor-critic built for one environment's spaces; acting and weights.
+
+Training lives in `agent.trainer` (which imports this module, never the reverse), evaluation in
+`agent.evaluate`, episodes with frames in `agent.play`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,37 +17,10 @@ from torch import Tensor
 import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
-from agent.config import RESUMABLE, Config, ConfigError, flatten, from_dict, make_config, set_value, validate
-from agent.render import RenderError, to_rgb, upscale
-from agent.trainer import Trainer, evaluate
+from agent.config import Config, flatten, from_dict, make_config
 from agent.world_model import Latent, WorldModel
 
 CHECKPOINT_NAMES = ("best", "last")
-
-
-@dataclass
-class Episode:
-    """One played episode: every observation (the last one included), the actions and rewards between
-    them, rendered frames if asked for, and how it ended."""
-
-    obs: np.ndarray  # (T + 1, *obs_shape)
-    actions: np.ndarray  # (T, A) the agent's action vectors
-    rewards: np.ndarray  # (T,)
-    frames: list[np.ndarray]  # T + 1 frames (H, W, 3) uint8, or none
-    terminated: bool
-    truncated: bool
-
-    @property
-    def length(self) -> int:
-        return len(self.rewards)
-
-    @property
-    def total_reward(self) -> float:
-        return float(self.rewards.sum())
-
-    @property
-    def ending(self) -> str:
-        return "terminated" if self.terminated else "truncated" if self.truncated else "stopped"
 
 
 @dataclass
@@ -56,37 +32,38 @@ class PolicyState:
 
 
 class Agent:
-    """A world-model agent: a `WorldModel` and an `ActorCritic` built for one environment's spaces.
+    """A world-model agent's policy: a `WorldModel` and an `ActorCritic` for one environment's spaces.
 
-    >>> agent = Agent.create("CartPole-v1", quantizer="gumbel", train={"steps": 20_000})
-    >>> agent.learn()
-    >>> action, state = agent.act(obs)            # state=None starts an episode
+    >>> agent = Agent.load("runs/mine")              # a run folder, a saved folder or a .safetensors file
+    >>> action, state = agent.act(obs)               # state=None starts an episode
     >>> action, state = agent.act(next_obs, state)
-    >>> agent.save("runs/mine"); agent = Agent.load("runs/mine")
+    >>> agent.save("mine.safetensors")
+
+    Train one with `agent.Trainer`.
     """
 
     def __init__(self, config: Config, obs_shape: tuple[int, ...], action_dim: int, discrete: bool):
         self.config = config
         self.obs_shape, self.action_dim, self.discrete = tuple(obs_shape), action_dim, discrete
         self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
-        quantizer = quantize.make(config.quantizer, **config.quantizer_options)
-        self.world_model = WorldModel(obs_shape, action_dim, config.model, quantizer).to(self.device)
-        feat_dim = config.model.deter + quantizer.code_size
-        self.actor_critic = ActorCritic(
-            feat_dim, action_dim, discrete, config.actor_critic, config.model.hidden, config.model.layers
-        ).to(self.device)
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        self.counters = {"env_steps": 0, "updates": 0, "episodes": 0}
-        self.trainer = None
-
-    # --- construction -------------------------------------------------------------------------------
+        # the weights are initialised from the config's seed without touching the caller's global RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            quantizer = quantize.make(config.quantizer, **config.quantizer_options)
+            self.world_model = WorldModel(obs_shape, action_dim, config.model, quantizer).to(self.device)
+            feat_dim = config.model.deter + quantizer.code_size
+            self.actor_critic = ActorCritic(
+                feat_dim, action_dim, discrete, config.actor_critic, config.model.hidden, config.model.layers
+            ).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)  # for sampled actions
+        self.loaded_from: Path | None = None  # the checkpoint file, for agents made by `load`
+        self.trained_env_steps = 0  # env steps of training behind the loaded weights (from the checkpoint)
 
     @classmethod
     def create(
         cls, env_id: str = "CartPole-v1", quantizer: str = "categorical", preset: str = "default", **config: Any
     ) -> Agent:
-        """An untrained agent for `env_id`. `config` holds top-level fields (seed, device,
+        """An untrained agent for `env_id`. `config` holds top-level fields (seed, device, threads,
         quantizer_options) and sections as dicts, e.g. model={"deter": 64}, train={"steps": 5000}."""
         return cls.from_config(make_config(preset, flatten(config), env_id=env_id, quantizer=quantizer))
 
@@ -141,104 +118,7 @@ class Agent:
         env_action = envs.to_env_action(action, self.discrete)
         return (env_action[0] if single else env_action), state
 
-    def play(
-        self,
-        episodes: int = 1,
-        seed: int = 0,
-        render: str | None = None,
-        max_steps: int | None = None,
-        on_frame: Callable[[np.ndarray, int, int, float], None] | None = None,
-    ) -> list[Episode]:
-        """Play episodes with the deterministic policy. render="rgb_array" records frames (and calls
-        on_frame(frame, episode, step, return) with each); "human" shows the env's own window."""
-        out = []
-        for number in range(episodes):
-            env = envs.make(self.config.env_id, render_mode=render, **self.config.env_options())
-            try:
-                obs, _ = env.reset(seed=seed + number)
-                observations, actions, rewards, frames = [obs], [], [], []
-                state, terminated, truncated = None, False, False
-                while True:  # a frame of every observation, the last one included
-                    if render == "rgb_array":
-                        frames.append(frame_of(env, obs))
-                        if on_frame is not None:
-                            on_frame(frames[-1], number, len(rewards), float(sum(rewards)))
-                    if terminated or truncated or (max_steps is not None and len(rewards) >= max_steps):
-                        break
-                    action, state = self.act(obs, state)
-                    actions.append(state.action[0].cpu().numpy())
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    observations.append(obs)
-                    rewards.append(float(reward))
-            finally:
-                env.close()
-            out.append(Episode(np.stack(observations), np.stack(actions) if actions else np.zeros((0, self.action_dim)),
-                               np.array(rewards, np.float32), frames, bool(terminated), bool(truncated)))  # fmt: skip
-        return out
-
-    # --- learning and evaluation ---------------------------------------------------------------------
-
-    def learn(
-        self,
-        steps: int | None = None,
-        run_dir: str | Path | None = None,
-        on_log: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Agent:
-        """Train for `steps` more env steps, or (None) until the run's budget, config.train.steps,
-        is reached; collection and updates alternate. With run_dir, writes config.json,
-        metrics.jsonl, best/last checkpoints and the replay buffer there."""
-        if self.trainer is None:
-            self.trainer = Trainer(self, run_dir)
-        if steps is None:
-            steps = self.config.train.steps - self.counters["env_steps"]
-        if steps > 0:
-            self.trainer.learn(steps, on_log)
-        return self
-
-    @classmethod
-    def resume(cls, run_dir: str | Path, overrides: dict[str, Any] | None = None, device: str | None = None) -> Agent:
-        """The agent of a run folder, ready to go on training where its last checkpoint left it.
-
-        overrides may change only the keys in config.RESUMABLE (e.g. {"train.steps": 30_000} to
-        extend the budget); anything else would not match the checkpoint and is refused. device
-        moves the run to another device.
-        """
-        run_dir = Path(run_dir)
-        refused = sorted(set(overrides or {}) - set(RESUMABLE))
-        if refused:
-            raise ConfigError(
-                f"cannot change {', '.join(refused)} when resuming a run; allowed: {', '.join(RESUMABLE)}"
-            )
-        last = run_dir / "checkpoints" / "last.safetensors"
-        if not last.is_file():
-            raise checkpoint.CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/last.safetensors)")
-        tensors, meta = checkpoint.load(last)
-        agent = cls.from_checkpoint(last, tensors, meta, device)
-        if "training" not in meta:
-            raise checkpoint.CheckpointError(f"{last}: holds no training state to resume from")
-        for key, value in (overrides or {}).items():
-            set_value(agent.config, key, value)
-        validate(agent.config)
-        if agent.config.train.steps < agent.counters["env_steps"]:
-            raise ConfigError(
-                f"train.steps ({agent.config.train.steps:,}) is below the run's env steps "
-                f"({agent.counters['env_steps']:,}); give a larger total"
-            )
-        agent.trainer = Trainer(agent, run_dir)
-        training = meta["training"]
-        best = run_dir / "checkpoints" / "best.safetensors"
-        if best.is_file():  # best may be newer than last if a crash fell between the two writes
-            best_eval = checkpoint.metadata(best).get("evaluation", {}).get("eval_return_best")
-            if best_eval is not None and (training["best_eval"] is None or best_eval > training["best_eval"]):
-                training = {**training, "best_eval": best_eval}
-        agent.trainer.restore(tensors, training)
-        return agent
-
-    def evaluate(self, episodes: int = 10, seed: int = 0) -> dict[str, Any]:
-        """Returns and lengths of `episodes` deterministic episodes (no exploration)."""
-        return evaluate(self, episodes, seed)
-
-    # --- persistence --------------------------------------------------------------------------------
+    # --- weights ------------------------------------------------------------------------------------
 
     def state_tensors(self) -> dict[str, Tensor]:
         tensors = {f"world_model.{k}": v for k, v in self.world_model.state_dict().items()}
@@ -251,29 +131,18 @@ class Agent:
             "obs_shape": list(self.obs_shape),
             "action_dim": self.action_dim,
             "discrete": self.discrete,
-            "counters": self.counters,
         }
 
     def save(
         self, path: str | Path, extra: dict[str, Any] | None = None, tensors: dict[str, Tensor] | None = None
     ) -> Path:
         """Save the weights and config. A path ending in .safetensors is the file itself; any other
-        path is a folder that receives agent.safetensors. Returns the file written. (extra metadata
-        and tensors are the trainer's: its evaluation and training state.)"""
+        path is a folder that receives agent.safetensors. Returns the file written. `extra` metadata
+        (JSON) and `tensors` are stored beside them (the trainer's counters and training state)."""
         path = Path(path)
         file = path if path.suffix == ".safetensors" else path / "agent.safetensors"
         checkpoint.save(file, {**self.state_tensors(), **(tensors or {})}, {**self.metadata(), **(extra or {})})
         return file
-
-    def check_env(self, file: Path) -> None:
-        """The checkpoint's environment must still have the spaces the networks were built for."""
-        obs_shape, action_dim, discrete = env_spaces(self.config)
-        if (obs_shape, action_dim, discrete) != (self.obs_shape, self.action_dim, self.discrete):
-            kind = "discrete" if discrete else "continuous"
-            raise checkpoint.CheckpointError(
-                f"{file}: {self.config.env_id} has observations of shape {obs_shape} and {action_dim} {kind} "
-                f"actions, but the checkpoint was made for {self.obs_shape} and {self.action_dim}"
-            )
 
     @classmethod
     def load(cls, path: str | Path, which: str = "best", device: str | None = None) -> Agent:
@@ -293,7 +162,7 @@ class Agent:
             if device is not None:
                 config.device = device
             agent = cls(config, tuple(meta["obs_shape"]), int(meta["action_dim"]), bool(meta["discrete"]))
-            split = {"world_model": {}, "actor_critic": {}}  # other tensors are training state
+            split: dict[str, dict[str, Tensor]] = {"world_model": {}, "actor_critic": {}}  # others: training state
             for key, value in tensors.items():
                 module, _, name = key.partition(".")
                 if module in split:
@@ -304,10 +173,19 @@ class Agent:
             reason = str(error).splitlines()[0]
             raise checkpoint.CheckpointError(f"{file}: does not match this version of the agent ({reason})") from None
         agent.check_env(file)
-        agent.counters.update(meta.get("counters", {}))
         agent.loaded_from = file
-        agent.checkpoint_info = meta
+        agent.trained_env_steps = int(meta.get("counters", {}).get("env_steps", 0))
         return agent
+
+    def check_env(self, file: Path) -> None:
+        """The checkpoint's environment must still have the spaces the networks were built for."""
+        obs_shape, action_dim, discrete = env_spaces(self.config)
+        if (obs_shape, action_dim, discrete) != (self.obs_shape, self.action_dim, self.discrete):
+            kind = "discrete" if discrete else "continuous"
+            raise checkpoint.CheckpointError(
+                f"{file}: {self.config.env_id} has observations of shape {obs_shape} and {action_dim} {kind} "
+                f"actions, but the checkpoint was made for {self.obs_shape} and {self.action_dim}"
+            )
 
 
 def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:
@@ -333,17 +211,3 @@ def find_checkpoint(path: Path, which: str = "best") -> Path:
         if candidate.is_file():
             return candidate
     raise checkpoint.CheckpointError(f"{path}: no checkpoint found (looked for checkpoints/best|last.safetensors)")
-
-
-def frame_of(env, obs: np.ndarray) -> np.ndarray:
-    """The env's rgb_array frame, or the observation itself for image envs that cannot render
-    (MinAtar without its GUI packages), upscaled so small frames stay visible."""
-    try:
-        frame = env.render()
-    except Exception:
-        frame = None
-    if frame is None:
-        if np.ndim(obs) != 3:
-            raise RenderError(f"{env.spec.id if env.spec else env}: cannot render rgb_array frames")
-        frame = obs
-    return upscale(to_rgb(frame))

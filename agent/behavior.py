@@ -40,7 +40,11 @@ def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam
 
 class ReturnNorm(nn.Module):
     """Scale = max(1, EMA(P95) - EMA(P5)) of the returns: advantages are divided by it, so one entropy
-    coefficient suits sparse and dense rewards alike, while small returns are not blown up."""
+    coefficient suits sparse and dense rewards alike, while small returns are not blown up.
+
+    `statistics` computes the EMAs that a batch of returns would give without storing them; the trainer
+    `commit`s them once the update they belong to is known to be finite, so a bad batch changes nothing.
+    """
 
     def __init__(self, decay: float):
         super().__init__()
@@ -48,19 +52,23 @@ class ReturnNorm(nn.Module):
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("quantiles", torch.tensor([0.05, 0.95]), persistent=False)
 
-    def update(self, returns: Tensor) -> Tensor:
-        low, high = torch.quantile(
-            returns.detach().flatten().float(), torch.tensor([0.05, 0.95], device=returns.device)
-        )
-        if not self.started:
-            self.low.copy_(low), self.high.copy_(high), self.started.fill_(True)
-        else:
-            self.low.lerp_(low, 1 - self.decay), self.high.lerp_(high, 1 - self.decay)
-        return self.scale()
+    def statistics(self, returns: Tensor) -> Tensor:
+        """(low, high) after this batch of returns: (2,). The first batch sets them; later ones are averaged in."""
+        batch = torch.quantile(returns.detach().flatten().float(), self.quantiles)
+        averaged = torch.stack([self.low, self.high]).lerp(batch, 1 - self.decay)
+        return torch.where(self.started, averaged, batch)  # no host sync on the started flag
 
-    def scale(self) -> Tensor:
-        return (self.high - self.low).clamp_min(1.0)
+    @staticmethod
+    def scale(stats: Tensor) -> Tensor:
+        return (stats[1] - stats[0]).clamp_min(1.0)
+
+    @torch.no_grad()
+    def commit(self, stats: Tensor) -> None:
+        self.low.copy_(stats[0])
+        self.high.copy_(stats[1])
+        self.started.fill_(True)
 
 
 class ActorCritic(nn.Module):
@@ -101,9 +109,10 @@ class ActorCritic(nn.Module):
 
     def loss(
         self, world_model: WorldModel, feats: Tensor, actions: Tensor, start_cont: Tensor
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """(actor loss, critic loss, metrics) for an imagined batch; start_cont (N,) is 1 - is_terminal
-        of the real start states, whose trajectories carry no weight when they are terminal."""
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+        """(actor loss, critic loss, metrics, return statistics) for an imagined batch; start_cont (N,) is
+        1 - is_terminal of the real start states, whose trajectories carry no weight when they are terminal.
+        The return statistics are for `return_norm.commit` once the update is known to be finite."""
         cfg = self.cfg
         with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):  # REINFORCE needs no graph here
             reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
@@ -115,7 +124,8 @@ class ActorCritic(nn.Module):
         alive = torch.cat([start_cont.unsqueeze(0), cont[:-1]], 0)
         weight = (torch.cumprod(cfg.gamma * alive, 0) / cfg.gamma).detach()  # (H, N)
 
-        scale = self.return_norm.update(returns)
+        return_stats = self.return_norm.statistics(returns)
+        scale = self.return_norm.scale(return_stats)
         policy = self.policy(feats[:-1] if self.backprop else feats[:-1].detach())
         entropy = policy.entropy()
         if self.backprop:
@@ -139,7 +149,7 @@ class ActorCritic(nn.Module):
             "actor/imag_reward": reward.mean().detach(),
             "actor/value": value.mean().detach(),
         }
-        return actor_loss, critic_loss, metrics
+        return actor_loss, critic_loss, metrics, return_stats
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:

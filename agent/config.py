@@ -9,7 +9,9 @@ and out-of-range values are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,10 +56,10 @@ class ActorCriticConfig:
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic
     slow_critic_reg: float = 1.0  # weight of the pull towards the slow critic
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
-    actor_lr: float = 1e-4
+    actor_lr: float = 1e-4  # Adam learning rate of the actor
     critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
-    eps: float = 1e-5
-    grad_clip: float = 100.0
+    eps: float = 1e-5  # Adam epsilon of the actor and the critic
+    grad_clip: float = 100.0  # gradient-norm clip of the actor and of the critic
 
 
 @dataclass
@@ -83,13 +85,16 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    env_id: str = "CartPole-v1"
+    """A run's whole configuration: top-level fields and one section per component."""
+
+    env_id: str = "CartPole-v1"  # a Gymnasium id, or module:EnvId for a custom env the module registers
     obs: str = "state"  # state: the env's own observations (vectors or images); pixels: its rendered frames
     image_size: int = 64  # side of the frames with obs=pixels
     quantizer: str = "categorical"  # one of agent.quantize.QUANTIZERS
     quantizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"groups": 32}
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # seeds weights, actions, replay sampling and environments: runs repeat exactly on the CPU
+    device: str = "cpu"  # cpu, cuda, cuda:N or mps
+    threads: int = 1  # torch's intra-op threads (0: torch's default, one per core); see README, Threads
     model: ModelConfig = field(default_factory=ModelConfig)
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -108,7 +113,7 @@ class Config:
 # What a resumed run may change: its length, and how often it evaluates, logs and saves.
 RESUMABLE = (
     "train.steps", "train.eval_every", "train.eval_episodes", "train.confirm_episodes", "train.log_every",
-    "train.checkpoint_every",
+    "train.checkpoint_every", "threads",
 )  # fmt: skip
 
 SECTIONS = {"model": ModelConfig, "actor_critic": ActorCriticConfig, "train": TrainConfig}
@@ -174,9 +179,12 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
                 return False
             raise ValueError
         if kind is int:
+            if text is not None:  # "15000", "15_000", and integral floats such as "1e4" or "2.0"
+                text = text.replace("_", "")
+                value = int(text) if text.lstrip("+-").isdigit() else float(text)
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(text.replace("_", "")) if text is not None else int(value)
+            return int(value)
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -228,6 +236,32 @@ def set_value(config: Config, key: str, value: Any) -> None:
         known = [*types, *(f"{s}.<field>" for s in SECTIONS), "quantizer_options.<option>"]
         raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(known)}")
     setattr(config, head, _convert(key, value, types[head]))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's one-line doc: the comment that follows it in this file."""
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
+        if match:
+            docs[match.group(1)] = match.group(2)
+    return docs
+
+
+def describe(config: Config) -> list[tuple[str, Any, str]]:
+    """(key, value, doc) of every field, under the names that --set takes."""
+    rows = []
+    top = field_docs(Config)
+    for name, value in config.to_dict().items():
+        if name in SECTIONS:
+            docs = field_docs(SECTIONS[name])
+            rows += [(f"{name}.{key}", item, docs.get(key, "")) for key, item in value.items()]
+        elif name == "quantizer_options":
+            options = {**quantize.options_of(config.quantizer), **value}
+            rows += [(f"{name}.{key}", item, f"an option of {config.quantizer}") for key, item in options.items()]
+        else:
+            rows.append((name, value, top.get(name, "")))
+    return rows
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -308,6 +342,7 @@ def validate(config: Config) -> None:
         "actor_critic.entropy": a.entropy, "actor_critic.starts": a.starts, "train.prefill": t.prefill,
         "train.recency": t.recency, "train.eval_every": t.eval_every, "seed": config.seed,
         "train.checkpoint_every": t.checkpoint_every, "train.confirm_episodes": t.confirm_episodes,
+        "threads": config.threads,
     }  # fmt: skip
     for key, value in non_negative.items():
         if value < 0:
@@ -330,6 +365,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"obs must be state or pixels, got {config.obs!r}")
     if a.actor_grad not in ("auto", "reinforce", "dynamics"):
         raise ConfigError(f"actor_critic.actor_grad must be auto, reinforce or dynamics, got {a.actor_grad!r}")
+    if t.steps <= t.prefill:
+        raise ConfigError(
+            f"train.steps ({t.steps:,}) must be above train.prefill ({t.prefill:,}), the random steps before the "
+            "first update: no update would run; give more steps or set train.prefill lower"
+        )
     if t.replay_capacity < t.envs * t.seq_len:
         raise ConfigError(
             f"train.replay_capacity ({t.replay_capacity}) must hold a sequence per env "

@@ -12,19 +12,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.agent import Agent, Episode
+from agent.agent import Agent
+from agent.play import Episode
 from agent.quantize import code_usage
-from agent.render import line_plots, side_by_side, to_rgb, upscale
+from agent.render import obs_to_rgb, side_by_side, upscale
 
 
 def dream(agent: Agent, episode: Episode, context: int = 5, horizon: int = 45) -> dict[str, Any]:
-    """Open-loop predictions over consecutive windows of `episode`; errors per horizon step."""
+    """Open-loop predictions over consecutive windows of `episode`; errors per horizon step. A horizon
+    longer than the episode allows is shortened (`horizon` < `horizon_requested` in the result)."""
     steps = episode.length + 1  # observations
     if context < 1 or horizon < 1:
         raise ValueError(f"context and horizon must be >= 1, got {context} and {horizon}")
     if steps < context + 1:
         raise ValueError(f"the episode has {steps} observations, fewer than context + 1 = {context + 1}")
-    horizon = min(horizon, steps - context)
+    requested, horizon = horizon, min(horizon, steps - context)
     window = context + horizon
     starts = list(range(0, steps - window + 1, horizon))
     device = agent.device
@@ -57,13 +59,14 @@ def dream(agent: Agent, episode: Episode, context: int = 5, horizon: int = 45) -
         whole = torch.as_tensor(episode.obs[None], device=device)
         first = torch.zeros(1, steps, dtype=torch.bool, device=device)
         first[0, 0] = True
-        _, index, _, _ = agent.world_model.observe(whole, torch.as_tensor(actions[None], device=device), first)
+        index = agent.world_model.observe(whole, torch.as_tensor(actions[None], device=device), first).index
     usage = code_usage(index, agent.world_model.quantizer.alphabet)
     return {
         "env_id": agent.config.env_id,
         "quantizer": agent.config.quantizer,
         "context": context,
         "horizon": horizon,
+        "horizon_requested": requested,
         "windows": len(starts),
         "episode_length": episode.length,
         "errors": table,
@@ -85,15 +88,7 @@ def dream_frames(result: dict[str, Any]) -> list[np.ndarray]:
     window = result["first_window"]
     frames = []
     for real, imagined in zip(window["real"], window["imagined"], strict=True):
-        real_rgb, imagined_rgb = to_rgb(real), to_rgb(imagined)
+        real_rgb, imagined_rgb = obs_to_rgb(real), obs_to_rgb(imagined)
         difference = np.abs(real_rgb.astype(np.int16) - imagined_rgb.astype(np.int16)).astype(np.uint8)
         frames.append(upscale(side_by_side(real_rgb, imagined_rgb, difference), 240))
     return frames
-
-
-def dream_plot(result: dict[str, Any]) -> np.ndarray:
-    """Vector envs: real vs imagined per observation dimension, plus reward and continuation."""
-    window = result["first_window"]
-    series = [(f"obs[{d}]", window["real"][:, d], window["imagined"][:, d]) for d in range(window["real"].shape[1])]
-    series += [("reward", *window["reward"]), ("continue", *window["cont"])]
-    return line_plots(series, result["context"])

@@ -142,7 +142,7 @@ class OneHotPolicy:
     """Discrete actions as one-hot vectors: a categorical with a 1% uniform mixture (DreamerV3)."""
 
     def __init__(self, logits: Tensor, unimix: float = 0.01):
-        self.probs, self.logp = unimix_probs(logits, unimix)
+        self.probs, self.logp = unimix_probs(logits.float(), unimix)  # float32 under autocast: see quantize
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return F.one_hot(sample_index(self.probs, generator), self.probs.shape[-1]).to(self.probs.dtype)
@@ -163,7 +163,7 @@ class BoundedNormal:
     reparameterised, so an actor can backpropagate through it."""
 
     def __init__(self, out: Tensor, min_std: float = 0.1, max_std: float = 1.0):
-        mean, std = out.chunk(2, -1)
+        mean, std = out.float().chunk(2, -1)
         self.loc = torch.tanh(mean)
         self.std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
 

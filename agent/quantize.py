@@ -45,27 +45,19 @@ def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
 class Quantized:
     """What every quantizer returns.
 
-    code:     float tensor the networks consume; exactly discrete values, shaped like the input.
-    index:    int64 (..., U): each unit's position in its alphabet, what the prior predicts.
-    alphabet: size of each unit's alphabet, length U.
-    loss:     scalar auxiliary loss (VQ codebook + commitment); zero for the others.
-    logits:   (..., U, K) posterior log-probabilities for the stochastic (categorical-family)
-              quantizers, None where the code is a deterministic function of the input.
+    code:      float tensor the networks consume; exactly discrete values, shaped like the input.
+    index:     int64 (..., U): each unit's position in its alphabet, what the prior predicts.
+    alphabet:  size of each unit's alphabet, length U.
+    loss:      scalar auxiliary loss (VQ codebook + commitment); zero for the others.
+    log_probs: (..., U, K) posterior log-probabilities for the stochastic (categorical-family)
+               quantizers, None where the code is a deterministic function of the input.
     """
 
     code: Tensor
     index: Tensor
     alphabet: tuple[int, ...]
     loss: Tensor
-    logits: Tensor | None = None
-
-    def diagnostics(self) -> dict[str, float]:
-        """Entropy of the posterior (nats per unit), and how much of the alphabet the batch uses."""
-        stats = code_usage(self.index, self.alphabet)
-        if self.logits is not None:
-            logp = self.logits.detach().float()
-            stats["entropy"] = float(-(logp.exp() * logp).sum(-1).mean())
-        return stats
+    log_probs: Tensor | None = None
 
 
 def code_usage(index: Tensor, alphabet: tuple[int, ...]) -> dict[str, float]:
@@ -106,6 +98,11 @@ class Quantizer(nn.Module):
 
     def anneal(self, progress: float) -> None:
         """Update schedules (e.g. a temperature); progress runs from 0 to 1 over training."""
+
+    def update(self, x: Tensor, index: Tensor, generator: torch.Generator | None = None) -> None:
+        """Update the quantizer's own statistics (VQ's codebook averages, usage, dead-code restarts) from a
+        whole gradient step's inputs x (..., *input_shape) and their indices (..., U). The trainer calls it
+        once per step, after the step is known to be finite; forward() itself never changes state."""
 
     def sample_codes(
         self, probs: Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
@@ -381,9 +378,10 @@ class Categorical(Quantizer):
         self.alphabet = (classes,) * groups
 
     def forward(self, logits, *, deterministic=False, generator=None) -> Quantized:
-        probs, logp = unimix_probs(logits, self.unimix)
+        # float32 even under bfloat16 autocast: bf16 probabilities would sample rare classes at the wrong rate
+        probs, logp = unimix_probs(logits.float(), self.unimix)
         code, index = self.estimate(probs, logp, deterministic, generator)
-        return Quantized(code=code, index=index, alphabet=self.alphabet, loss=logits.new_zeros(()), logits=logp)
+        return Quantized(code=code, index=index, alphabet=self.alphabet, loss=logp.new_zeros(()), log_probs=logp)
 
     def estimate(self, probs: Tensor, logp: Tensor, deterministic: bool, generator) -> tuple[Tensor, Tensor]:
         index = probs.argmax(-1) if deterministic else sample_index(probs, generator)
@@ -519,13 +517,14 @@ class VectorQuantizer(Quantizer):
         loss = self.beta * F.mse_loss(e, q.detach())
         if not self.ema:
             loss = loss + F.mse_loss(q, e.detach())
-        if self.training and torch.is_grad_enabled():
-            self.update_codebook(e.detach().reshape(-1, e.shape[-1]), index.reshape(-1), generator)
         soft = rotate_to(e, q.detach()) if self.rotation else e
         return Quantized(code=straight_through(q, soft), index=index, alphabet=self.alphabet, loss=loss)
 
     @torch.no_grad()
-    def update_codebook(self, flat: Tensor, index: Tensor, generator) -> None:
+    def update(self, x: Tensor, index: Tensor, generator: torch.Generator | None = None) -> None:
+        """One step of the usage EMA (and, with ema=True, of the codebook's averages) from all of a gradient
+        step's assignments; entries whose usage fell below `dead_threshold` restart at random inputs."""
+        flat, index = x.detach().float().reshape(-1, self.input_shape[-1]), index.reshape(-1)  # (N, D), (N,)
         onehot = F.one_hot(index, self.alphabet[0]).to(flat.dtype)  # (N, C)
         counts = onehot.sum(0)
         self.usage.lerp_(counts / counts.sum(), 1 - self.decay)
@@ -533,13 +532,13 @@ class VectorQuantizer(Quantizer):
             self.ema_count.lerp_(counts, 1 - self.decay)
             self.ema_sum.lerp_(onehot.T @ flat, 1 - self.decay)
             self.codebook.copy_(self.ema_sum / self.ema_count.clamp_min(1e-5).unsqueeze(-1))
-        dead = (self.usage < self.dead_threshold).nonzero().squeeze(-1)
-        if len(dead):
-            pick = torch.randint(len(flat), (len(dead),), generator=generator, device=flat.device)
-            self.codebook[dead] = flat[pick]
-            self.ema_sum[dead] = flat[pick]
-            self.ema_count[dead] = 1.0
-            self.usage[dead] = 1.0 / self.alphabet[0]
+        # restarts as masked writes: no host sync on a GPU (a random input is drawn for every entry)
+        dead = self.usage < self.dead_threshold  # (C,)
+        restart = flat[torch.randint(len(flat), dead.shape, generator=generator, device=flat.device)]  # (C, D)
+        self.codebook.copy_(torch.where(dead[:, None], restart, self.codebook))
+        self.ema_sum.copy_(torch.where(dead[:, None], restart, self.ema_sum))
+        self.ema_count.copy_(torch.where(dead, 1.0, self.ema_count))
+        self.usage.copy_(torch.where(dead, 1.0 / self.alphabet[0], self.usage))
 
     def dead_codes(self) -> int:
         return int((self.usage < self.dead_threshold).sum())

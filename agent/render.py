@@ -1,4 +1,4 @@
-"""Pictures: frames to MP4/GIF files, frames to the terminal, side-by-side dream panels, line plots.
+"""Pictures: frames to MP4/GIF files, frames to the terminal, side-by-side dream panels.
 
 Videos: MP4 through imageio's ffmpeg plugin (the imageio-ffmpeg wheel ships its own ffmpeg), GIF
 through Pillow; both optional (`pip install -e ".[video]"`). Every file is written to a temporary
@@ -8,6 +8,7 @@ half-block character, foreground = top pixel, background = bottom pixel.
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +25,32 @@ class RenderError(ValueError):
 
 
 def to_rgb(frame: np.ndarray) -> np.ndarray:
-    """Any frame -> (H, W, 3) uint8: float frames in [0, 1] are scaled, channels-first images and
-    MinAtar-style channel stacks (C != 3) are turned into colour pictures."""
+    """A frame laid out (H, W), (H, W, 1) or (H, W, 3) -> (H, W, 3) uint8; float frames in [0, 1] are scaled."""
     frame = np.asarray(frame)
-    if frame.ndim == 3 and frame.shape[0] in (1, 3) and frame.shape[-1] not in (1, 3):
-        frame = frame.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
     if frame.dtype != np.uint8:
         frame = (np.clip(frame, 0, 1) * 255).astype(np.uint8)
     if frame.ndim == 2:
         frame = frame[..., None]
-    if frame.shape[-1] == 1:
-        frame = np.repeat(frame, 3, -1)
-    if frame.shape[-1] != 3:  # a stack of object channels: one colour per channel
-        palette = (np.array(_palette(frame.shape[-1])) * 255).astype(np.float32)
-        weights = frame.astype(np.float32) / 255.0
-        frame = np.clip(weights @ palette, 0, 255).astype(np.uint8)
-    return frame
+    if frame.ndim != 3 or frame.shape[-1] not in (1, 3):
+        raise RenderError(f"a frame must be (H, W), (H, W, 1) or (H, W, 3), got shape {frame.shape}")
+    return np.repeat(frame, 3, -1) if frame.shape[-1] == 1 else frame
+
+
+def obs_to_rgb(obs: np.ndarray) -> np.ndarray:
+    """An image observation as the envs give it, (C, H, W) uint8, -> (H, W, 3) uint8: one channel is grey,
+    three are RGB, any other number is a stack of object channels (MinAtar's) with a colour each."""
+    obs = np.asarray(obs)
+    if obs.ndim != 3:
+        raise RenderError(f"an image observation must be (C, H, W), got shape {obs.shape}")
+    channels = obs.shape[0]
+    if channels in (1, 3):
+        return to_rgb(obs.transpose(1, 2, 0))
+    palette = (np.array(_palette(channels)) * 255).astype(np.float32)  # (C, 3)
+    weights = obs.astype(np.float32).transpose(1, 2, 0) / 255.0  # (H, W, C)
+    return np.clip(weights @ palette, 0, 255).astype(np.uint8)
 
 
 def _palette(n: int) -> list[tuple[float, float, float]]:
-    import colorsys
-
     return [colorsys.hsv_to_rgb(i / max(n, 1), 0.75, 1.0) for i in range(n)]
 
 
@@ -65,6 +71,15 @@ def side_by_side(*frames: np.ndarray, gap: int = 4) -> np.ndarray:
         if i < len(frames) - 1:
             parts.append(np.full((height, gap, 3), 40, np.uint8))
     return np.concatenate(parts, 1)
+
+
+def has_ffmpeg() -> bool:
+    """Whether MP4s can be written (imageio-ffmpeg ships its own ffmpeg)."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
@@ -103,28 +118,20 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path
     return path
 
 
-def write_png(path: Path, image: np.ndarray) -> Path:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise RenderError('writing PNGs needs Pillow: pip install -e ".[video]"') from None
-    picture = Image.fromarray(to_rgb(image))
-    atomic_write(Path(path), lambda tmp: picture.save(tmp, format="PNG"))
-    return Path(path)
-
-
 class HalfBlocks:
     """A frame as rich renderable text: each cell shows two vertically stacked pixels ("▀", the top
-    pixel as foreground colour, the bottom one as background), scaled to fit `width` x `height` cells."""
+    pixel as foreground colour, the bottom one as background), scaled to fit `width` x `height` cells.
+    For terminals of 16 colours (color_system "standard" or "windows") the colours are first pushed
+    apart (see `few_colours`): the nearest of 16 would merge most of a frame into grey and white."""
 
-    def __init__(self, frame: np.ndarray, width: int, height: int):
+    def __init__(self, frame: np.ndarray, width: int, height: int, color_system: str | None = "truecolor"):
         frame = to_rgb(frame)
         rows, cols = frame.shape[:2]
         scale = min(width / cols, 2 * height / rows, 1.0 if max(rows, cols) > 64 else 8.0)
         out_cols, out_rows = max(1, int(cols * scale)), max(2, int(rows * scale) // 2 * 2)
-        ys = (np.arange(out_rows) * rows / out_rows).astype(int)
-        xs = (np.arange(out_cols) * cols / out_cols).astype(int)
-        self.pixels = frame[ys][:, xs]
+        self.pixels = resize_keeping_details(frame, out_rows, out_cols)
+        if color_system in ("standard", "windows"):
+            self.pixels = few_colours(self.pixels)
 
     def __rich_console__(self, console, options):
         pixels = self.pixels
@@ -134,38 +141,28 @@ class HalfBlocks:
             yield Segment.line()
 
 
-def line_plots(
-    series: list[tuple[str, np.ndarray, np.ndarray]], context: int, width: int = 900, panel_height: int = 110
-) -> np.ndarray:
-    """One small panel per (title, real, imagined) series over time, real in white and imagined in
-    orange, the context (steps given to the model) shaded; drawn with Pillow into an RGB array."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        raise RenderError('drawing plots needs Pillow: pip install -e ".[video]"') from None
-    image = Image.new("RGB", (width, panel_height * len(series)), (20, 20, 24))
-    draw = ImageDraw.Draw(image)
-    left, right, pad = 70, width - 10, 14
-    for i, (title, real, imagined) in enumerate(series):
-        top = i * panel_height + pad
-        bottom = (i + 1) * panel_height - pad
-        values = np.concatenate([real, imagined])
-        values = values[np.isfinite(values)]
-        low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
-        if high - low < 1e-6:
-            low, high = low - 0.5, high + 0.5
-        steps = max(len(real), 2)
+def resize_keeping_details(frame: np.ndarray, out_rows: int, out_cols: int) -> np.ndarray:
+    """(H, W, 3) -> (out_rows, out_cols, 3). Enlarging repeats pixels; shrinking keeps, from each block of
+    pixels, the one that differs most from the background (the commonest colour of the frame's border),
+    so that a 1-pixel line (CartPole's track) survives where sampling every n-th pixel would skip it."""
+    rows, cols = frame.shape[:2]
+    row_starts = (np.arange(out_rows) * rows / out_rows).astype(int)
+    col_starts = (np.arange(out_cols) * cols / out_cols).astype(int)
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+    colours, counts = np.unique(border, axis=0, return_counts=True)
+    distance = np.abs(frame.astype(np.int64) - colours[counts.argmax()]).sum(-1)  # (H, W)
+    # each block's largest distance, with the pixel's flat index packed into the same number
+    key = distance * (rows * cols) + np.arange(rows * cols).reshape(rows, cols)
+    best = np.maximum.reduceat(np.maximum.reduceat(key, row_starts, axis=0), col_starts, axis=1)
+    return frame.reshape(-1, 3)[best % (rows * cols)]
 
-        def point(t: int, v: float, top=top, bottom=bottom, low=low, high=high, steps=steps) -> tuple[float, float]:
-            return left + (right - left) * t / (steps - 1), bottom - (bottom - top) * (v - low) / (high - low)
 
-        draw.rectangle([left, top, right, bottom], outline=(90, 90, 100))
-        draw.rectangle([left, top, point(context - 1, low)[0], bottom], fill=(40, 40, 55))
-        draw.text((6, top), title[:9], fill=(220, 220, 220))
-        draw.text((6, top + 14), f"{high:.3g}", fill=(140, 140, 140))
-        draw.text((6, bottom - 12), f"{low:.3g}", fill=(140, 140, 140))
-        for data, colour in ((real, (235, 235, 235)), (imagined, (255, 150, 40))):
-            pts = [point(t, float(v)) for t, v in enumerate(data) if np.isfinite(v)]
-            if len(pts) > 1:
-                draw.line(pts, fill=colour, width=2)
-    return np.asarray(image)
+def few_colours(pixels: np.ndarray) -> np.ndarray:
+    """Colours that stay apart in a 16-colour terminal: coloured pixels keep their hue at full saturation
+    and brightness, grey ones become black or white."""
+    rgb = pixels.astype(np.float32) / 255.0
+    high, low = rgb.max(-1, keepdims=True), rgb.min(-1, keepdims=True)
+    saturation = (high - low) / np.maximum(high, 1e-6)
+    hue = (rgb - low) / np.maximum(high - low, 1e-6)
+    grey = np.broadcast_to((high > 0.5).astype(np.float32), rgb.shape)
+    return (np.where(saturation > 0.2, hue, grey) * 255).round().astype(np.uint8)

@@ -126,7 +126,7 @@ class Replay:
             if end > total or (expected is not None and start != expected):
                 raise CheckpointError(f"{path}: replay chunk does not fit the checkpoint (steps {start}-{end})")
             try:
-                with np.load(path, allow_pickle=False) as chunk:
+                with np.load(path, allow_pickle=False) as chunk:  # noqa: TID251 (no pickles)
                     steps = {key: chunk[key] for key in FIELDS}
             except (OSError, ValueError, KeyError) as error:
                 raise CheckpointError(f"{path}: unreadable replay chunk ({error})") from None

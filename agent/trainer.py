@@ -5,71 +5,53 @@ been made, so every env step is replayed about train_ratio times. The first `pre
 random actions. Evaluation runs deterministic episodes in separate environments every `eval_every`
 env steps; the run keeps its best evaluated checkpoint beside its last.
 
-A run folder can be resumed after anything, a crash included: `last.safetensors` holds the weights
-and the whole training state (optimisers, return normalisation, counters, RNG states), the replay
-buffer lives in chunk files beside it (see replay.py), and the metric log is cut back to the
-checkpoint's step. Episodes in progress at the checkpoint are not continued: the environments
-start new ones.
+State that an update changes besides the weights (the return normalisation's percentiles, VQ's
+codebook statistics) is committed only after the update's losses and gradients are known to be
+finite; an update that is not is skipped whole.
+
+A run folder (see runs.py) can be resumed after anything, a crash included: `last.safetensors` holds
+the weights and the whole training state (optimisers, return normalisation, counters, RNG states),
+the replay buffer lives in chunk files beside it (see replay.py), and the metric log is cut back to
+the checkpoint's step. Episodes in progress at the checkpoint are not continued: the environments
+start new ones. Ctrl-C writes a checkpoint before it stops training.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import signal
+import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 import envs
-from agent.checkpoint import TEMP_MARK, atomic_write_text
+from agent import checkpoint
+from agent.agent import Agent
+from agent.config import RESUMABLE, ConfigError, from_dict, set_value, validate
+from agent.evaluate import confirmation_seed, evaluate, evaluation_envs, evaluation_seed
 from agent.replay import Replay
+from agent.runs import RunFolder, RunFolderError
 from agent.world_model import Latent
-
-if TYPE_CHECKING:
-    from agent.agent import Agent
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. it diverged); the message says why and what was kept."""
 
 
-def evaluate(agent: Agent, episodes: int, seed: int) -> dict[str, Any]:
-    """`episodes` deterministic episodes, run as one batch of environments."""
-    env = envs.make_vector(agent.config.env_id, episodes, **agent.config.env_options())
-    try:
-        obs, _ = env.reset(seed=seed)
-        state = agent.initial_state(episodes)
-        is_first = np.ones(episodes, bool)
-        returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
-        running, terminated = np.ones(episodes, bool), np.zeros(episodes, bool)
-        while running.any():
-            action, state = agent.policy_step(obs, state, is_first, deterministic=True)
-            obs, reward, term, trunc, _ = env.step(envs.to_env_action(action, agent.discrete))
-            returns += reward * running
-            lengths += running
-            terminated |= term & running
-            running &= ~(term | trunc)
-            is_first = np.zeros(episodes, bool)
-    finally:
-        env.close()
-    return {
-        "env_id": agent.config.env_id,
-        "episodes": episodes,
-        "seed": seed,
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "min_return": float(returns.min()),
-        "max_return": float(returns.max()),
-        "mean_length": float(lengths.mean()),
-        "returns": returns.tolist(),
-        "lengths": lengths.tolist(),
-        "terminated": terminated.tolist(),
-    }
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a user's Ctrl-C, after writing a checkpoint (when it has a run folder)."""
+
+    def __init__(self, step: int, run_dir: Path | None):
+        super().__init__(f"interrupted at env step {step:,}")
+        self.step, self.run_dir = step, run_dir
 
 
 def optimizer_state(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -88,23 +70,40 @@ def load_optimizer_state(prefix: str, optimizer: torch.optim.Optimizer, tensors:
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
 
 
-def evaluation_seed(seed: int, evaluation: int, episodes: int) -> int:
-    """First episode seed of a run's n-th evaluation: fresh for every evaluation, never a training seed."""
-    return 1_000_000 + seed * 10_000 + evaluation * episodes
-
-
 def next_due(now: int, every: int) -> int | None:
     """The first multiple of `every` after `now` (None when `every` is 0: never)."""
     return (now // every + 1) * every if every else None
 
 
-class Trainer:
-    """Owns what only training needs: environments, replay, optimisers, the log and checkpoints."""
+def all_finite(*values: torch.Tensor) -> bool:
+    """Whether every element of every tensor is finite (one host sync for all of them)."""
+    return bool(torch.isfinite(torch.cat([v.detach().float().reshape(-1) for v in values])).all())
 
-    def __init__(self, agent: Agent, run_dir: str | Path | None = None):
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op thread count (0 leaves torch's default, one per core). Small models gain nothing
+    from a second thread, and lose 10-20x when other work shares the cores (README: Threads)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+class Trainer:
+    """Trains an `Agent`: environments, replay, optimisers, counters, evaluation and the choice of the
+    best policy, the metric log and the checkpoints of a run folder.
+
+    >>> trainer = Trainer(Agent.create("CartPole-v1", train={"steps": 15_000}), run_dir="runs/mine")
+    >>> trainer.learn(on_log=print)          # to the run's budget; learn(5_000) trains 5k steps more
+    >>> trainer.agent.act(obs)               # the trained policy
+    >>> trainer = Trainer.resume("runs/mine", {"train.steps": 30_000})
+
+    run_dir must not hold a run yet (resume one with `Trainer.resume`); it is created here, after the
+    agent (and so its config and environment) has been validated, and locked until `close()`.
+    """
+
+    def __init__(self, agent: Agent, run_dir: str | Path | RunFolder | None = None):
         self.agent = agent
         cfg = agent.config
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        set_threads(cfg.threads)
         self.env = envs.make_vector(cfg.env_id, cfg.train.envs, mode=cfg.train.vector, **cfg.env_options())
         images = len(agent.obs_shape) == 3
         self.replay = Replay(
@@ -118,23 +117,116 @@ class Trainer:
             "actor": torch.optim.Adam(ac.actor.parameters(), lr=a.actor_lr, eps=a.eps),
             "critic": torch.optim.Adam(ac.critic.parameters(), lr=a.critic_lr, eps=a.eps),
         }
-        self.rng = np.random.default_rng(cfg.seed)
+        self.generator = torch.Generator(agent.device).manual_seed(cfg.seed + 1)  # replay starts, imagination
+        self.rng = np.random.default_rng(cfg.seed)  # prefill actions
+        self.counters = {"env_steps": 0, "updates": 0, "episodes": 0}
         self.best_eval = -np.inf
         self.evaluations = 0
         self.resumes = 0
+        self.restarted = False  # resumed from the config of a run that had no checkpoint yet
         self.nonfinite = {"total": 0, "in_a_row": 0}
         self.recent_returns: list[float] = []
         self.sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self.sum_count = 0
-        self.seconds_before = 0.0  # wall-clock of earlier sessions of a resumed run
+        self.seconds_before = 0.0  # wall-clock of earlier learn() calls and sessions of a resumed run
         self.start_time = time.perf_counter()
+        self.last_log = (0.0, 0)  # (seconds, env steps) at the previous log line
+        self.eval_envs: dict[int, gym.vector.VectorEnv] = {}
+        self.stop_requested = False
         self.start_episodes(cfg.seed)
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for leftover in self.run_dir.rglob(f".*{TEMP_MARK}*"):  # temporary files of writes a crash interrupted
-                leftover.unlink()
-            atomic_write_text(self.run_dir / "config.json", cfg.to_json())
-            self.replay.persist(self.run_dir / "replay")
+        self.run = run_dir if isinstance(run_dir, RunFolder) or run_dir is None else RunFolder(run_dir, new=True)
+        if self.run is not None:
+            self.run.write_config(cfg.to_json())
+            self.replay.persist(self.run.replay)
+
+    @classmethod
+    def create(
+        cls,
+        env_id: str = "CartPole-v1",
+        quantizer: str = "categorical",
+        preset: str = "default",
+        run_dir: str | Path | None = None,
+        **config: Any,
+    ) -> Trainer:
+        """A trainer of a new agent: `Trainer(Agent.create(env_id, quantizer, preset, **config), run_dir)`."""
+        return cls(Agent.create(env_id, quantizer, preset, **config), run_dir)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: dict[str, Any] | None = None, device: str | None = None) -> Trainer:
+        """The trainer of a run folder, ready to go on where its last checkpoint left it. A run that has
+        no checkpoint yet (it was stopped early) starts again from its config.json (`restarted` is True).
+
+        overrides may change only the keys in config.RESUMABLE (e.g. {"train.steps": 30_000} to extend
+        the budget); anything else would not match the checkpoint and is refused. device moves the run.
+        """
+        refused = sorted(set(overrides or {}) - set(RESUMABLE))
+        if refused:
+            raise ConfigError(
+                f"cannot change {', '.join(refused)} when resuming a run; allowed: {', '.join(RESUMABLE)}"
+            )
+        run = RunFolder(run_dir, new=False)
+        try:
+            last = run.checkpoint("last")
+            if last.is_file():
+                tensors, meta = checkpoint.load(last)
+                if "training" not in meta or "counters" not in meta:
+                    raise checkpoint.CheckpointError(f"{last}: holds no training state to resume from")
+                agent = Agent.from_checkpoint(last, tensors, meta, device)
+            else:
+                try:
+                    config = from_dict(run.read_config())
+                except ConfigError as error:
+                    raise RunFolderError(f"{run.path / 'config.json'}: {error}") from None
+                if device is not None:
+                    config.device = device
+                run.clear_progress()
+                agent, tensors, meta = Agent.from_config(config), None, None
+            for key, value in (overrides or {}).items():
+                set_value(agent.config, key, value)
+            validate(agent.config)
+            done = agent.trained_env_steps
+            if agent.config.train.steps < done:
+                raise ConfigError(
+                    f"train.steps ({agent.config.train.steps:,}) is below the run's env steps ({done:,}); "
+                    "give a larger total"
+                )
+            trainer = cls(agent, run)
+        except BaseException:
+            run.close()
+            raise
+        try:
+            if meta is None:
+                trainer.restarted = True
+            else:
+                trainer.restore(tensors, meta)
+        except BaseException:
+            trainer.close()
+            raise
+        return trainer
+
+    def close(self) -> None:
+        """Close the environments and release the run folder."""
+        self.env.close()
+        for env in self.eval_envs.values():
+            env.close()
+        self.eval_envs.clear()
+        if self.run is not None:
+            self.run.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.run.path if self.run is not None else None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has reached its budget, config.train.steps."""
+        return self.counters["env_steps"] >= self.agent.config.train.steps
 
     def start_episodes(self, seed: int) -> None:
         """Reset every sub-environment; the next stored step of each is an is_first step."""
@@ -149,8 +241,7 @@ class Trainer:
 
     def collect(self) -> None:
         """One step of every sub-environment; the finished step goes to replay."""
-        agent, cfg = self.agent, self.agent.config
-        counters = agent.counters
+        agent, cfg, counters = self.agent, self.agent.config, self.counters
         if counters["env_steps"] < cfg.train.prefill:
             action = self.random_action()
             # keep the policy state in step with the data, so acting after prefill starts cleanly
@@ -180,33 +271,36 @@ class Trainer:
 
     # --- updates ------------------------------------------------------------------------------------
 
-    def update(self) -> dict[str, torch.Tensor]:
-        """One gradient step of the world model, then of the actor and the critic. An update whose
-        losses or gradients are not finite is skipped (and counted)."""
+    def update(self) -> dict[str, torch.Tensor] | None:
+        """One gradient step of the world model, then of the actor and the critic. A part whose losses or
+        gradients are not finite is skipped whole (no optimiser step, no statistics committed) and
+        counted; returns None then."""
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         sample = self.replay.sample(cfg.train.batch, cfg.train.seq_len)
         batch = {k: torch.as_tensor(v, device=device) for k, v in sample.items()}
 
-        wm.quantizer.anneal(agent.counters["env_steps"] / max(cfg.train.steps, 1))
+        wm.quantizer.anneal(self.counters["env_steps"] / max(cfg.train.steps, 1))
         autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.model.precision == "bfloat16")
         with autocast:
-            wm_loss, terms, post = wm.loss(batch, agent.generator)
+            wm_loss, terms, post = wm.loss(batch, self.generator)
         self.optimizers["wm"].zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
-        if not self.finite(wm_loss, wm_norm):
-            return {}
+        if not all_finite(wm_loss, wm_norm):
+            return self.reject_update()
         self.optimizers["wm"].step()
+        wm.quantizer.update(post.inputs, post.index, self.generator)
 
-        start = Latent(post.deter.detach().flatten(0, 1), post.code.detach().flatten(0, 1))  # (N, ...)
+        start = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))  # (N, ...)
         start_cont = 1.0 - batch["is_terminal"].flatten().float()
         if 0 < cfg.actor_critic.starts < len(start_cont):
-            pick = torch.randperm(len(start_cont), generator=agent.generator, device=device)[: cfg.actor_critic.starts]
+            pick = torch.randperm(len(start_cont), generator=self.generator, device=device)[: cfg.actor_critic.starts]
             start, start_cont = Latent(start.deter[pick], start.code[pick]), start_cont[pick]
         with autocast:
-            feats, actions = ac.imagine(wm, start, agent.generator)
-            actor_loss, critic_loss, metrics = ac.loss(wm, feats, actions, start_cont)
+            feats, actions = ac.imagine(wm, start, self.generator)
+            actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
+        # each loss reaches only its own network's parameters
         actor_params, critic_params = list(ac.actor.parameters()), list(ac.critic.parameters())
         actor_grads = torch.autograd.grad(actor_loss, actor_params, retain_graph=True)
         critic_grads = torch.autograd.grad(critic_loss, critic_params)
@@ -215,82 +309,122 @@ class Trainer:
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.actor_critic.grad_clip))
-        if not self.finite(actor_loss, critic_loss, *norms):
-            return {}
+        if not all_finite(actor_loss, critic_loss, return_stats, *norms):
+            return self.reject_update()
         self.optimizers["actor"].step()
         self.optimizers["critic"].step()
+        ac.return_norm.commit(return_stats)
         ac.update_slow_critic()
-        agent.counters["updates"] += 1
+        self.nonfinite["in_a_row"] = 0
+        self.counters["updates"] += 1
         out = {f"loss/{k}": v.detach() for k, v in terms.items()}
         out.update({"loss/world_model": wm_loss.detach(), "loss/actor": actor_loss.detach(),
                     "loss/critic": critic_loss.detach(), "train/wm_grad_norm": wm_norm.detach()})  # fmt: skip
         out.update(metrics)
         return out
 
-    def finite(self, *values: torch.Tensor) -> bool:
-        """Whether every loss and gradient norm is finite; counts the updates that are not, and stops
-        training when `max_nonfinite` of them come in a row."""
-        if bool(torch.isfinite(torch.stack([v.detach().float() for v in values])).all()):
-            self.nonfinite["in_a_row"] = 0
-            return True
+    def reject_update(self) -> None:
+        """Drop the gradients of an update whose losses or gradients were not finite, count it, and stop
+        training once `max_nonfinite` such updates came in a row."""
         self.nonfinite["total"] += 1
         self.nonfinite["in_a_row"] += 1
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        limit = self.agent.config.train.max_nonfinite
         warnings.warn(
             f"skipped an update with non-finite losses or gradients ({self.nonfinite['in_a_row']} in a row)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+        limit = self.agent.config.train.max_nonfinite
         if self.nonfinite["in_a_row"] >= limit:
-            kept = f"; the last good checkpoint is {self.run_dir / 'checkpoints'}" if self.run_dir else ""
+            kept = f"; the last good checkpoint is in {self.run.path / 'checkpoints'}" if self.run else ""
             raise TrainingError(f"training diverged: {limit} updates in a row had non-finite losses or gradients{kept}")
-        return False
 
     # --- the loop -----------------------------------------------------------------------------------
 
-    def learn(self, steps: int, on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
-        agent, cfg = self.agent, self.agent.config
-        counters, t = agent.counters, cfg.train
-        target = counters["env_steps"] + steps
+    def learn(self, steps: int | None = None, on_log: Callable[[dict[str, Any]], None] | None = None) -> Trainer:
+        """Train for `steps` more env steps (raising the run's budget if needed), or (None) until the run's
+        budget, config.train.steps. on_log(line) receives every metric line (also written to the run's
+        metrics.jsonl). Ctrl-C stops at the next safe point with a checkpoint and raises TrainingInterrupted."""
+        cfg, counters = self.agent.config, self.counters
+        t = cfg.train
+        target = t.steps if steps is None else counters["env_steps"] + steps
+        if steps is not None and steps <= 0:
+            raise ConfigError(f"steps must be > 0, got {steps}")
+        if target > t.steps:
+            t.steps = target
+            if self.run is not None:
+                self.run.write_config(cfg.to_json())
         replayed = t.batch * t.seq_len
         next_log, next_eval, next_checkpoint = (
             next_due(counters["env_steps"], every) for every in (t.log_every, t.eval_every, t.checkpoint_every)
         )
         self.start_time = time.perf_counter()
-        while counters["env_steps"] < target:
-            self.collect()
-            now = counters["env_steps"]
-            if now >= t.prefill and self.replay.count >= t.seq_len:
-                while counters["updates"] < now * t.train_ratio / replayed:
-                    for key, value in self.update().items():
-                        self.sums[key] = self.sums[key] + value  # tensors: one read per log line, not per update
-                    self.sum_count += 1
-            done = now >= target
-            evaluation = None
-            if next_eval is not None and (now >= next_eval or done):
-                next_eval = next_due(now, t.eval_every)
-                evaluation = self.evaluation()
-            if evaluation is not None or now >= next_log or done:
-                next_log = next_due(now, t.log_every)
-                self.log(evaluation or {}, on_log)
-            if evaluation is not None and evaluation["eval_new_best"]:
-                self.save("best", evaluation)
-            if done or (next_checkpoint is not None and now >= next_checkpoint):
-                next_checkpoint = next_due(now, t.checkpoint_every)
-                self.save("last", evaluation)
-        # a later learn() call continues the clock from here (time between calls is not training)
-        self.seconds_before, self.start_time = self.seconds(), time.perf_counter()
+        try:
+            with self.interrupt_guard():
+                while counters["env_steps"] < target:
+                    self.collect()
+                    now = counters["env_steps"]
+                    if now >= t.prefill and self.replay.count >= t.seq_len:
+                        while counters["updates"] < now * t.train_ratio / replayed and not self.stop_requested:
+                            for key, value in (self.update() or {}).items():
+                                self.sums[key] = self.sums[key] + value  # tensors: one read per log line
+                            self.sum_count += 1
+                    if self.stop_requested:
+                        self.stop()
+                    done = now >= target
+                    evaluation = None
+                    if next_eval is not None and (now >= next_eval or done):
+                        next_eval = next_due(now, t.eval_every)
+                        evaluation = self.evaluate_and_keep_best()
+                    if evaluation is not None or now >= next_log or done:
+                        next_log = next_due(now, t.log_every)
+                        self.log(evaluation or {}, on_log)
+                    if evaluation is not None and evaluation["eval_new_best"]:
+                        self.save("best", evaluation)
+                    if done or (next_checkpoint is not None and now >= next_checkpoint):
+                        next_checkpoint = next_due(now, t.checkpoint_every)
+                        self.save("last", evaluation)
+        finally:
+            # a later learn() call continues the clock from here (time between calls is not training)
+            self.seconds_before, self.start_time = self.seconds(), time.perf_counter()
+        return self
 
-    def evaluation(self) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def interrupt_guard(self) -> Iterator[None]:
+        """While training, a first Ctrl-C (SIGINT) asks the loop to stop at its next safe point, where it
+        writes a checkpoint; a second one aborts at once. Signals reach only the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            self.stop_requested = False
+
+    def stop(self) -> None:
+        """Write a checkpoint of where training is and end it with TrainingInterrupted."""
+        self.save("last")
+        raise TrainingInterrupted(self.counters["env_steps"], self.run_dir)
+
+    def evaluate_and_keep_best(self) -> dict[str, Any]:
         """Evaluate on fresh seeds (never those of training or of earlier evaluations). A policy that
         scores above the best so far is confirmed on `confirm_episodes` more episodes before it
         becomes the best: ten episodes alone often rank a lucky policy first."""
         cfg = self.agent.config
         self.evaluations += 1
         episodes, confirm = cfg.train.eval_episodes, cfg.train.confirm_episodes
-        result = evaluate(self.agent, episodes, evaluation_seed(cfg.seed, self.evaluations, episodes))
+        seed = evaluation_seed(cfg.seed, self.evaluations, episodes)
+        result = evaluate(self.agent, episodes, seed, self.evaluation_env(episodes))
         record = {
             "eval_return_mean": result["mean_return"],
             "eval_return_std": result["std_return"],
@@ -298,7 +432,8 @@ class Trainer:
         }
         score = result["mean_return"]
         if score > self.best_eval and confirm:
-            more = evaluate(self.agent, confirm, 5_000_000 + cfg.seed * 100_000 + self.evaluations * confirm)
+            seed = confirmation_seed(cfg.seed, self.evaluations, confirm)
+            more = evaluate(self.agent, confirm, seed, self.evaluation_env(confirm))
             score = (score * episodes + more["mean_return"] * confirm) / (episodes + confirm)
             record["eval_confirmed_mean"] = score
         record["eval_new_best"] = score > self.best_eval
@@ -306,14 +441,22 @@ class Trainer:
         record["eval_return_best"] = self.best_eval
         return record
 
+    def evaluation_env(self, episodes: int) -> gym.vector.VectorEnv:
+        """The environments of evaluations of `episodes` episodes, built once."""
+        if episodes not in self.eval_envs:
+            self.eval_envs[episodes] = evaluation_envs(self.agent, episodes)
+        return self.eval_envs[episodes]
+
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start_time
 
     def log(self, record: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None) -> None:
-        counters = self.agent.counters
+        counters = self.counters
         elapsed = self.seconds()
+        since_seconds, since_steps = elapsed - self.last_log[0], counters["env_steps"] - self.last_log[1]
+        self.last_log = (elapsed, counters["env_steps"])
         line = {"step": counters["env_steps"], "updates": counters["updates"], "episodes": counters["episodes"],
-                "time/seconds": round(elapsed, 2), "time/sps": round(counters["env_steps"] / max(elapsed, 1e-9), 2),
+                "time/seconds": round(elapsed, 2), "time/sps": round(since_steps / max(since_seconds, 1e-9), 2),
                 "train/nonfinite_updates": self.nonfinite["total"]}  # fmt: skip
         if self.recent_returns:
             line["train/episode_return"] = float(np.mean(self.recent_returns))
@@ -322,9 +465,8 @@ class Trainer:
             self.sums.clear()
             self.sum_count = 0
         line.update(record)
-        if self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+        if self.run is not None:
+            self.run.append_metrics(line)
         if on_log is not None:
             on_log(line)
 
@@ -333,9 +475,11 @@ class Trainer:
     def save(self, name: str, evaluation: dict[str, Any] | None = None) -> None:
         """best: the weights of the best evaluated policy. last: weights and the whole training state,
         written after the replay buffer's pending steps, so that the two always agree."""
-        if self.run_dir is None:
+        if self.run is None:
             return
-        extra: dict[str, Any] = {"evaluation": evaluation} if evaluation else {}
+        extra: dict[str, Any] = {"counters": dict(self.counters)}
+        if evaluation:
+            extra["evaluation"] = evaluation
         tensors: dict[str, torch.Tensor] = {}
         if name == "last":
             self.replay.flush()
@@ -343,7 +487,8 @@ class Trainer:
             for key, optimizer in self.optimizers.items():
                 opt_tensors, groups[key] = optimizer_state(f"optimizer.{key}", optimizer)
                 tensors.update(opt_tensors)
-            tensors["rng.torch"] = self.agent.generator.get_state()
+            tensors["rng.act"] = self.agent.generator.get_state()
+            tensors["rng.train"] = self.generator.get_state()
             extra["training"] = {
                 "optimizer_groups": groups,
                 "replay_total": self.replay.total,
@@ -355,31 +500,36 @@ class Trainer:
                 "seconds": self.seconds(),
                 "resumes": self.resumes,
             }
-        self.agent.save(self.run_dir / "checkpoints" / f"{name}.safetensors", extra, tensors)
+        self.agent.save(self.run.checkpoint(name), extra, tensors)
 
-    def restore(self, tensors: dict[str, torch.Tensor], training: dict[str, Any]) -> None:
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from a `last` checkpoint's training state (see `save`)."""
-        for key, optimizer in self.optimizers.items():
-            load_optimizer_state(f"optimizer.{key}", optimizer, tensors, training["optimizer_groups"][key])
-        self.agent.generator.set_state(tensors["rng.torch"])
-        self.rng.bit_generator.state = training["numpy_rng"]
-        self.replay.rng.bit_generator.state = training["replay_rng"]
-        self.replay.restore(self.run_dir / "replay", training["replay_total"])
-        self.best_eval = training["best_eval"] if training["best_eval"] is not None else -np.inf
-        self.evaluations = training["evaluations"]
-        self.nonfinite["total"] = training["nonfinite_updates"]
-        self.seconds_before = training["seconds"]
-        self.resumes = training["resumes"] + 1
-        # the metric log continues from the checkpoint: later lines are dropped (they are re-made)
-        log = self.run_dir / "metrics.jsonl"
-        if log.exists():
-            kept = []
-            for line in log.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= self.agent.counters["env_steps"]:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    break  # a line cut short by the crash
-            atomic_write_text(log, "".join(f"{line}\n" for line in kept))
+        assert self.run is not None
+        try:
+            training = meta["training"]
+            self.counters.update({k: int(meta["counters"][k]) for k in self.counters})
+            for key, optimizer in self.optimizers.items():
+                load_optimizer_state(f"optimizer.{key}", optimizer, tensors, training["optimizer_groups"][key])
+            self.agent.generator.set_state(tensors["rng.act"])
+            self.generator.set_state(tensors["rng.train"])
+            self.rng.bit_generator.state = training["numpy_rng"]
+            self.replay.rng.bit_generator.state = training["replay_rng"]
+            self.best_eval = training["best_eval"] if training["best_eval"] is not None else -np.inf
+            self.evaluations = training["evaluations"]
+            self.nonfinite["total"] = training["nonfinite_updates"]
+            self.seconds_before = training["seconds"]
+            self.resumes = training["resumes"] + 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise checkpoint.CheckpointError(
+                f"{self.run.checkpoint('last')}: its training state does not fit this version ({error!r})"
+            ) from None
+        self.last_log = (self.seconds_before, self.counters["env_steps"])
+        self.replay.restore(self.run.replay, training["replay_total"])
+        best = self.run.checkpoint("best")
+        if best.is_file():  # best may be newer than last if a crash fell between the two writes
+            best_eval = checkpoint.metadata(best).get("evaluation", {}).get("eval_return_best")
+            if best_eval is not None and best_eval > self.best_eval:
+                self.best_eval = best_eval
+        self.run.cut_metrics(self.counters["env_steps"])
         # new episodes, with seeds no earlier session used
         self.start_episodes(self.agent.config.seed + 100_003 * self.resumes)

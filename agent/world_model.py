@@ -39,6 +39,20 @@ class Latent:
         return torch.cat([self.deter, self.code], -1)
 
 
+@dataclass
+class Posterior:
+    """The posterior along replayed sequences (B, T): latents, each unit's alphabet index (B, T, U), the
+    posterior's log-probabilities (B, T, U, K) (None for quantizers with point-mass posteriors), the
+    quantizer's inputs (B, T, C) (its statistics are updated from them once a step is known good),
+    and the quantizer's auxiliary loss (scalar)."""
+
+    latent: Latent
+    index: Tensor
+    log_probs: Tensor | None
+    inputs: Tensor
+    aux_loss: Tensor
+
+
 class WorldModel(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: ModelConfig, quantizer: Quantizer):
         super().__init__()
@@ -96,7 +110,8 @@ class WorldModel(nn.Module):
     def prior_probs(self, deter: Tensor) -> Tensor:
         """p(c | h) per unit: (..., D) -> (..., U, K), with a uniform mixture over each unit's own
         alphabet; padding classes of uneven alphabets (fsq) get exactly zero."""
-        logits = self.prior(deter).view(*deter.shape[:-1], *self.valid.shape)
+        # float32 even under bfloat16 autocast: codes are sampled from these, and bf16 cannot tell 1% mixes apart
+        logits = self.prior(deter).float().view(*deter.shape[:-1], *self.valid.shape)
         if self.ragged:
             logits = logits.masked_fill(~self.valid, -1e9)
         return (1 - self.cfg.unimix) * logits.softmax(-1) + self.cfg.unimix * self.uniform
@@ -114,30 +129,33 @@ class WorldModel(nn.Module):
         action: Tensor,
         is_first: Tensor,
         generator: torch.Generator | None = None,
-    ) -> tuple[Latent, Tensor, Tensor | None, Tensor]:
+    ) -> Posterior:
         """Posterior states along replayed sequences.
 
         obs (B, T, *obs_shape), action (B, T, A) taken after each observation, is_first (B, T).
-        Returns the latents (B, T, ...), posterior indices (B, T, U), posterior log-probs
-        (B, T, U, K) or None, and the quantizer's auxiliary loss (scalar).
         """
         batch, steps = is_first.shape
         embed_part = self.post_embed(self.encoder(obs))  # (B, T, H)
         keep = (~is_first).to(embed_part.dtype).unsqueeze(-1)  # (B, T, 1): 0 resets the state
         latent, prev_action = self.initial(batch)
-        deters, codes, indices, logits, aux = [], [], [], [], []
+        deters, codes, indices, log_probs, inputs, aux = [], [], [], [], [], []
         for t in range(steps):
             mask = keep[:, t]
             latent = Latent(latent.deter * mask, latent.code * mask)
             deter = self.recur(latent, prev_action * mask)
-            code, q = self.quantize(self.posterior_input(deter, embed_part[:, t]), False, generator)
+            x = self.posterior_input(deter, embed_part[:, t])
+            code, q = self.quantize(x, False, generator)
             latent = Latent(deter, code)
             deters.append(deter), codes.append(code), indices.append(q.index), aux.append(q.loss)
-            logits.append(q.logits)
+            log_probs.append(q.log_probs), inputs.append(x)
             prev_action = action[:, t]
-        post_logits = None if logits[0] is None else torch.stack(logits, 1)
-        latents = Latent(torch.stack(deters, 1), torch.stack(codes, 1))
-        return latents, torch.stack(indices, 1), post_logits, torch.stack(aux).mean()
+        return Posterior(
+            latent=Latent(torch.stack(deters, 1), torch.stack(codes, 1)),
+            index=torch.stack(indices, 1),
+            log_probs=None if log_probs[0] is None else torch.stack(log_probs, 1),
+            inputs=torch.stack(inputs, 1),
+            aux_loss=torch.stack(aux).mean(),
+        )
 
     def observe_step(
         self,
@@ -178,7 +196,7 @@ class WorldModel(nn.Module):
         steps = obs.shape[1]
         is_first = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
         is_first[:, 0] = True
-        post, _, _, _ = self.observe(obs[:, :context], action[:, :context], is_first[:, :context])
+        post = self.observe(obs[:, :context], action[:, :context], is_first[:, :context]).latent
         latents = [Latent(post.deter[:, t], post.code[:, t]) for t in range(context)]
         for t in range(context, steps):
             latents.append(self.imagine_step(latents[-1], action[:, t - 1], deterministic=True))
@@ -199,16 +217,16 @@ class WorldModel(nn.Module):
 
     def loss(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, Tensor], Latent]:
+    ) -> tuple[Tensor, dict[str, Tensor], Posterior]:
         """The world-model loss on a batch of sequences.
 
         batch: obs (B, T, *obs_shape), action (B, T, A), reward, is_first, is_terminal (B, T).
-        Returns (total loss, named loss terms, posterior latents for imagination).
+        Returns (total loss, named loss terms, the posterior: its latents start imagination).
         """
-        latents, index, post_logp, aux = self.observe(batch["obs"], batch["action"], batch["is_first"], generator)
-        feat = latents.features()
-        prior_logp = self.prior_log_probs(latents.deter)  # (B, T, U, K)
-        dyn, rep = self.kl_terms(post_logp, index, prior_logp)
+        post = self.observe(batch["obs"], batch["action"], batch["is_first"], generator)
+        feat = post.latent.features()
+        prior_logp = self.prior_log_probs(post.latent.deter)  # (B, T, U, K)
+        dyn, rep = self.kl_terms(post.log_probs, post.index, prior_logp)
         cfg = self.cfg
         terms = {
             "decoder": -self.decoder(feat).log_prob(batch["obs"]).mean(),
@@ -216,13 +234,13 @@ class WorldModel(nn.Module):
             "cont": -self.cont_dist(feat).log_prob(1.0 - batch["is_terminal"].to(feat.dtype)).mean(),
             "dyn": dyn.clamp_min(cfg.free_bits).mean(),
             "rep": rep.clamp_min(cfg.free_bits).mean(),
-            "quantizer": aux,
+            "quantizer": post.aux_loss,
         }
         scales = {"decoder": 1.0, "reward": 1.0, "cont": 1.0, "dyn": cfg.dyn_scale, "rep": cfg.rep_scale,
                   "quantizer": 1.0}  # fmt: skip
         total = sum(scales[k] * v for k, v in terms.items())
         terms["kl"] = dyn.mean().detach()  # unclipped, for monitoring
-        return total, terms, latents
+        return total, terms, post
 
     @staticmethod
     def kl_terms(post_logp: Tensor | None, index: Tensor, prior_logp: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 Problem: N categorical variables of K classes with logits θ ~ σ·N(0, 1) and an objective f of their
 one-hot codes (`decoder`: squared error of a fixed random tanh-MLP, the main one; `quadratic`). With
-K^N ≤ 4096 the exact gradient g* = ∇θ E_{z~p_θ}[f(z)] is found by enumeration (`agent/exact.py`, float64).
+K^N ≤ 4096 the exact gradient g* = ∇θ E_{z~p_θ}[f(z)] is found by enumeration (`benchmarks/exact.py`, float64).
 
 Estimators (no unimix): straight-through categorical (`st`), ReinMax at τ = 1, ST-Gumbel-Softmax and
 Gumbel-Rao (8 conditional samples) at τ ∈ {0.5, 1}. Per problem, with ĝ one single-sample estimate:
@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from agent import exact as X
+import exact as X
 from agent.checkpoint import atomic_write_text
 
 OBJECTIVES: dict[str, Callable[[int, int, torch.Generator], X.Objective]] = {

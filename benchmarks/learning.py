@@ -29,10 +29,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agent import Agent
+from agent import Agent, Trainer, evaluate
 from agent.checkpoint import atomic_write_text
 from agent.config import make_config, parse_overrides
-from agent.trainer import evaluation_seed
+from agent.evaluate import evaluation_seed
+from agent.runs import safe_name
+from agent.trainer import set_threads
 
 FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its evaluations
 
@@ -40,10 +42,11 @@ FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its
 def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
     overrides = parse_overrides(args.set)
     overrides.update({"train.steps": args.steps, "train.eval_every": args.eval_every})
-    config = make_config(args.preset, overrides, env_id=args.env, quantizer=args.quantizer, seed=seed)
+    config = make_config(
+        args.preset, overrides, env_id=args.env, quantizer=args.quantizer, seed=seed, threads=args.threads
+    )
     run_dir = (
-        args.runs
-        / f"{args.env.replace('/', '_')}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        args.runs / f"{safe_name(args.env)}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     curve: list[dict] = []
 
@@ -54,12 +57,11 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
             console.log(f"seed {seed}: step {step:>7,}  eval {value:8.1f}  {seconds:7.1f} s")
 
     start = time.perf_counter()
-    agent = Agent.from_config(config)
-    agent.learn(args.steps, run_dir, on_log)
+    with Trainer(Agent.from_config(config), run_dir) as trainer:
+        trainer.learn(on_log=on_log)
     seconds = time.perf_counter() - start
     reached = next((point for point in curve if point["return"] >= args.threshold), None)
-    best = Agent.load(run_dir, which="best")
-    fresh = best.evaluate(10, FRESH_SEED)
+    fresh = evaluate(Agent.load(run_dir, which="best"), 10, FRESH_SEED)
     return {
         "seed": seed,
         "run_dir": str(run_dir),
@@ -70,9 +72,9 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         "best_return": max(p["return"] for p in curve),
         "fresh_eval_of_best": fresh["mean_return"],
         "seconds": seconds,
-        "env_steps": agent.counters["env_steps"],
-        "updates": agent.counters["updates"],
-        "nonfinite_updates": agent.trainer.nonfinite["total"],
+        "env_steps": trainer.counters["env_steps"],
+        "updates": trainer.counters["updates"],
+        "nonfinite_updates": trainer.nonfinite["total"],
         # the process's peak so far (seeds run one after another, so later seeds include earlier ones)
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "curve": curve,
@@ -164,16 +166,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15_000)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--threshold", type=float, default=475.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"), help="where the runs are written")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     parser.add_argument("--ppo", action="store_true", help="also run SB3 PPO (tuned CartPole settings) side by side")
     parser.add_argument("--ppo-steps", type=int, default=100_000, help="PPO's budget if it never reaches the threshold")
     args = parser.parse_args()
-    out = (
-        args.out
-        or Path("benchmarks/results") / f"learning-{args.env.replace('/', '_')}-{args.quantizer}-{args.preset}.json"
-    )
+    set_threads(args.threads)  # PPO's torch too
+    out = args.out or Path("benchmarks/results") / f"learning-{safe_name(args.env)}-{args.quantizer}-{args.preset}.json"
     console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
     results = [run_seed(args, seed, console) for seed in args.seeds]
     console.print(summary_table(args, results))

@@ -34,7 +34,7 @@ import envs
 from agent import Agent
 from agent.checkpoint import atomic_write_text
 from agent.config import make_config, parse_overrides
-from agent.trainer import Trainer
+from agent.trainer import Trainer, set_threads
 from agent.world_model import Latent
 
 
@@ -65,8 +65,7 @@ def matmul_gflops(device: torch.device, size: int = 2048) -> float:
 
 def ready_trainer(config, collects: int | None = None) -> Trainer:
     """A fresh agent's trainer with `collects` steps (default: enough for a batch) in replay."""
-    agent = Agent.from_config(config)
-    trainer = agent.trainer = Trainer(agent)
+    trainer = Trainer(Agent.from_config(config))
     for _ in range(max(config.train.seq_len * 2, 300) if collects is None else collects):
         trainer.collect()
     return trainer
@@ -81,9 +80,9 @@ def step_parts(trainer: Trainer):
     params = list(wm.parameters())
 
     def world_model_update():
-        loss, _, post = wm.loss(batch, agent.generator)
+        loss, _, post = wm.loss(batch, trainer.generator)
         torch.autograd.grad(loss, params, allow_unused=True)
-        return post
+        return post.latent
 
     post = world_model_update()
     n = cfg.train.batch * cfg.train.seq_len
@@ -92,11 +91,11 @@ def step_parts(trainer: Trainer):
     start_cont = torch.ones(starts, device=device)
 
     def imagine():
-        return ac.imagine(wm, start, agent.generator)
+        return ac.imagine(wm, start, trainer.generator)
 
     def actor_critic_update():
         feats, actions = imagine()
-        actor_loss, critic_loss, _ = ac.loss(wm, feats, actions, start_cont)
+        actor_loss, critic_loss, _, _ = ac.loss(wm, feats, actions, start_cont)
         torch.autograd.grad(actor_loss, list(ac.actor.parameters()), retain_graph=True)
         torch.autograd.grad(critic_loss, list(ac.critic.parameters()))
 
@@ -123,9 +122,9 @@ def acting_ms(agent: Agent, batch: int, device: torch.device) -> float:
 
 
 def end_to_end_sps(config, steps: int) -> float:
-    agent = ready_trainer(config, config.train.prefill).agent  # replay filled without training; then time both
+    trainer = ready_trainer(config, config.train.prefill)  # replay filled without training; then time both
     start = time.perf_counter()
-    agent.learn(steps)
+    trainer.learn(steps)
     return steps / (time.perf_counter() - start)
 
 
@@ -150,7 +149,15 @@ def profile(world_model_update, actor_critic_update, updates: int = 10, top: int
 
 def make_preset_config(name: str, args: argparse.Namespace):
     overrides = parse_overrides(args.set + PRESET_EXTRA.get(name, []))
-    return make_config(name, overrides, env_id=args.env, device=args.device, quantizer=args.quantizer, obs=args.obs)
+    return make_config(
+        name,
+        overrides,
+        env_id=args.env,
+        device=args.device,
+        quantizer=args.quantizer,
+        obs=args.obs,
+        threads=args.threads,
+    )
 
 
 def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dict:
@@ -220,6 +227,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one update of the first preset")
     parser.add_argument("--quantizer", default="categorical")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--e2e-steps", type=int, default=2000, help="env steps timed end to end (0: skip)")
     parser.add_argument("--collect-steps", type=int, default=4000, help="env steps per collection timing (0: skip)")
@@ -228,6 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
     device = torch.device(args.device)
+    set_threads(args.threads)
     peak = matmul_gflops(device)
     threads = torch.get_num_threads()
     console.print(

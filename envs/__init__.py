@@ -3,8 +3,12 @@
 - Observations: vectors (float32, a 1-D Box) or images (uint8, channels first: (C, H, W)).
   obs="pixels" replaces any env's observations by its rgb_array frames resized to size x size;
   image observations of other layouts ((H, W, C), bool) are converted, bool channels to 0/255.
-- MinAtar games (`MinAtar/Breakout-v1`, ...) register themselves on first use when the optional
-  `minatar` package is installed (`pip install --no-deps minatar`: its core needs only numpy).
+- Dict observations whose entries are Box vectors (dm_control's) become one float32 vector: each
+  entry flattened, in the Dict space's key order (gymnasium sorts the keys of a Dict by name unless
+  the env built it from an OrderedDict).
+- Ids: any registered id; `module:EnvId` imports `module` first (which registers `EnvId`), as
+  gymnasium.make does, for custom environments. Namespaces of optional packages (MinAtar/, ALE/,
+  dm_control/) are registered on first use, or named with the command that installs them.
 - Actions: Discrete (the agent emits one-hot vectors) or a bounded Box, rescaled to [-1, 1].
 - Termination and truncation stay apart: a time limit truncates (the agent bootstraps), a terminal
   state terminates (it does not).
@@ -19,7 +23,9 @@ a one-line message.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
+import math
 import os
 
 import gymnasium as gym
@@ -27,8 +33,12 @@ import numpy as np
 
 OBS_MODES = ("state", "pixels")
 
-if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders rgb_array frames without a screen
+# namespace -> (the module whose import registers its ids, the command that installs it)
+OPTIONAL_NAMESPACES = {
+    "MinAtar": ("minatar.gym", "pip install --no-deps minatar"),
+    "ALE": ("ale_py", "pip install ale-py"),
+    "dm_control": ("shimmy", 'pip install "shimmy[dm-control]" "mujoco<4"'),
+}
 
 
 class EnvError(ValueError):
@@ -65,20 +75,71 @@ def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Sp
     raise EnvError(f"{env_id}: action space {act} is not supported; expected Discrete or a 1-D Box")
 
 
-def register_minatar() -> None:
-    """Register the MinAtar games with Gymnasium (MinAtar does not do it itself under Gymnasium 1.x)."""
-    if "MinAtar/Breakout-v1" in gym.registry:
-        return
+def register_namespace(namespace: str) -> None:
+    """Import the optional package that registers a namespace's ids; EnvError with its install command."""
+    module, install = OPTIONAL_NAMESPACES[namespace]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # MinAtar warns at import that its GUI packages are missing: not needed here
     try:
-        import minatar.gym  # optional
+        imported = importlib.import_module(module)
     except ImportError:
-        raise EnvError("MinAtar games need the minatar package: pip install --no-deps minatar") from None
+        raise EnvError(f"{namespace}/ environments need an optional package: {install}") from None
     finally:
         root.setLevel(level)
-    minatar.gym.register_envs()
+    if namespace == "MinAtar":  # MinAtar does not register itself under Gymnasium 1.x
+        imported.register_envs()
+
+
+def registered_id(env_id: str) -> str:
+    """The Gymnasium id that `env_id` names, after importing what registers it (see the module docstring);
+    EnvError with close matches if there is none."""
+    module, sep, name = env_id.partition(":")
+    if sep:
+        if not module or not name:
+            raise EnvError(f"{env_id!r}: expected module:EnvId")
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise EnvError(f"{env_id}: cannot import module {module!r} ({error})") from None
+        except Exception as error:  # the user's module failed while importing
+            raise EnvError(
+                f"{env_id}: importing {module!r} failed: {type(error).__name__}: {first_line(error)}"
+            ) from None
+    else:
+        name = env_id
+    namespace = name.split("/")[0] if "/" in name else None
+    if name not in gym.registry and namespace in OPTIONAL_NAMESPACES:
+        register_namespace(namespace)
+    if name not in gym.registry:
+        close = suggest(name)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry for the ids"
+        raise EnvError(f"unknown environment {env_id!r}{hint}")
+    return name
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+class FlattenDict(gym.ObservationWrapper):
+    """Dict observations of Box entries -> one float32 vector, the entries flattened in the space's key order."""
+
+    def __init__(self, env: gym.Env, env_id: str):
+        super().__init__(env)
+        self.keys = list(env.observation_space.spaces)
+        for key, space in env.observation_space.spaces.items():
+            if not isinstance(space, gym.spaces.Box) or len(space.shape) > 2:
+                kind = f"an image {space}" if is_image(space) else str(space)
+                raise EnvError(
+                    f"{env_id}: observation entry {key!r} is {kind}; only Dict observations of Box vectors "
+                    "can be flattened (or use --obs pixels)"
+                )
+        size = sum(math.prod(space.shape) for space in env.observation_space.spaces.values())
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
+
+    def observation(self, obs):
+        return np.concatenate([np.asarray(obs[key], np.float32).reshape(-1) for key in self.keys])
 
 
 class ChannelsFirst(gym.ObservationWrapper):
@@ -109,8 +170,22 @@ class PixelObservation(gym.ObservationWrapper):
         self.frame: np.ndarray | None = None
 
     def observation(self, obs):
-        self.frame = np.asarray(self.env.render())
+        try:
+            frame = self.env.render()
+        except Exception as error:  # third-party renderers fail in many ways (MinAtar's needs seaborn)
+            raise EnvError(f"{self.spec_id()}: cannot render rgb_array frames for pixel observations "
+                           f"({type(error).__name__}: {first_line(error)}){self.hint()}") from None  # fmt: skip
+        if frame is None or np.ndim(frame) != 3:
+            raise EnvError(f"{self.spec_id()}: renders no rgb_array frames for pixel observations{self.hint()}")
+        self.frame = np.asarray(frame)
         return resize(self.frame, self.size).transpose(2, 0, 1)
+
+    def spec_id(self) -> str:
+        return self.env.spec.id if self.env.spec is not None else str(self.env)
+
+    def hint(self) -> str:
+        own = self.env.observation_space
+        return "; its own observations are images already: use --obs state" if is_image(own) else ""
 
     def render(self):
         """The full-size frame of the latest observation: rendered once per step, not again."""
@@ -126,35 +201,28 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
 
 
-def make(
-    env_id: str,
-    seed: int | None = None,
-    render_mode: str | None = None,
-    obs: str = "state",
-    size: int = 64,
-    **options,
-) -> gym.Env:
+def make(env_id: str, render_mode: str | None = None, obs: str = "state", size: int = 64, **options) -> gym.Env:
     """A single environment with the project's conventions; raises EnvError on bad input."""
     if obs not in OBS_MODES:
         raise EnvError(f"obs must be one of {', '.join(OBS_MODES)}, got {obs!r}")
-    if env_id.startswith("MinAtar/"):
-        register_minatar()
-    if env_id not in gym.registry:
-        close = suggest(env_id)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry for the ids"
-        raise EnvError(f"unknown environment {env_id!r}{hint}")
+    name = registered_id(env_id)
     if obs == "pixels":
         if render_mode not in (None, "rgb_array"):
             raise EnvError(f"{env_id}: pixel observations need render_mode rgb_array, got {render_mode!r}")
         render_mode = "rgb_array"
+    if render_mode == "rgb_array" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders frames without a screen
     try:
-        env = gym.make(env_id, render_mode=render_mode, **options)
-    except gym.error.DependencyNotInstalled as error:
-        raise EnvError(f"{env_id}: a dependency is missing: {error}") from None
-    except (TypeError, gym.error.Error) as error:
-        raise EnvError(f"{env_id}: {error}") from None
+        env = gym.make(name, render_mode=render_mode, **options)
+    except (ImportError, gym.error.DependencyNotInstalled) as error:
+        raise EnvError(f"{env_id}: a dependency is missing: {first_line(error)}") from None
+    except Exception as error:  # a third-party env may fail in any way while it is made
+        raise EnvError(f"{env_id}: cannot be made: {type(error).__name__}: {first_line(error)}") from None
     if obs == "pixels":
         env = PixelObservation(env, size)
+        env.reset(seed=0)  # renders a first frame: fails here, with EnvError, if the env cannot
+    elif isinstance(env.observation_space, gym.spaces.Dict):
+        env = FlattenDict(env, env_id)
     check_spaces(env_id, env.observation_space, env.action_space)
     if isinstance(env.action_space, gym.spaces.Box):
         low, high = np.full(env.action_space.shape, -1.0, np.float32), np.full(env.action_space.shape, 1.0, np.float32)
@@ -165,8 +233,6 @@ def make(
     else:
         space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
         env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32), space)
-    if seed is not None:
-        env.action_space.seed(seed)
     return env
 
 

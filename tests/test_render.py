@@ -11,9 +11,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import envs
-from agent import Agent
+from agent import Trainer
 from agent.nets import make_codec
-from agent.render import HalfBlocks, RenderError, to_rgb, write_video
+from agent.render import HalfBlocks, RenderError, obs_to_rgb, to_rgb, write_video
 from cli import app
 
 runner = CliRunner()
@@ -51,13 +51,39 @@ def test_terminal_renderer_draws_two_pixels_per_cell_with_their_colours():
     assert "#ff0000" in styled and "#0000ff" in styled
 
 
-def test_to_rgb_handles_floats_channels_first_and_channel_stacks():
+def test_to_rgb_takes_frames_and_obs_to_rgb_takes_channels_first_observations():
     assert to_rgb(np.ones((5, 6))).shape == (5, 6, 3) and to_rgb(np.ones((5, 6)))[0, 0, 0] == 255
-    assert to_rgb(np.zeros((3, 8, 9), np.uint8)).shape == (8, 9, 3)
-    stack = np.zeros((10, 10, 4), np.uint8)
-    stack[2, 3, 1] = 255
-    rgb = to_rgb(stack)
-    assert rgb.shape == (10, 10, 3) and rgb[2, 3].sum() > 0 and rgb[0, 0].sum() == 0
+    with pytest.raises(RenderError, match="a frame must be"):
+        to_rgb(np.zeros((4, 10, 10), np.uint8))
+    rgb = np.zeros((3, 8, 9), np.uint8)
+    rgb[0, 2, 5] = 200  # red at row 2, column 5
+    assert obs_to_rgb(rgb).shape == (8, 9, 3) and obs_to_rgb(rgb)[2, 5].tolist() == [200, 0, 0]
+    # MinAtar: (4, 10, 10) object channels -> a 10x10 picture with the object where it is, not a 4x10 strip
+    stack = np.zeros((4, 10, 10), np.uint8)
+    stack[1, 3, 7] = 255
+    picture = obs_to_rgb(stack)
+    assert picture.shape == (10, 10, 3)
+    assert picture[3, 7].sum() > 0 and picture.sum() == picture[3, 7].sum()
+
+
+def test_terminal_frames_keep_thin_lines_and_16_colour_terminals_keep_objects_apart():
+    from rich.color import Color, ColorSystem
+
+    frame = np.full((400, 600, 3), 255, np.uint8)  # CartPole-like: white, a 1-pixel black track, a brown pole
+    frame[300] = 0
+    frame[150:300, 295:305] = (202, 152, 101)
+    cells = HalfBlocks(frame, width=60, height=20).pixels
+    assert cells.shape == (40, 60, 3)
+    assert (cells.sum(-1) == 0).all(-1).any()  # a whole row of black: the track survives the 10x shrink
+    pole = cells[cells.shape[0] // 2, 29]
+
+    def standard(rgb):
+        return Color.parse("rgb({},{},{})".format(*(int(c) for c in rgb))).downgrade(ColorSystem.STANDARD).number
+
+    assert standard(pole) == standard((255, 255, 255)) - 8  # as is, 16 colours draw it light grey on white
+    few = HalfBlocks(frame, width=60, height=20, color_system="standard").pixels
+    assert standard(few[few.shape[0] // 2, 29]) not in (standard((255, 255, 255)), 7, 8, 0)  # a colour of its own
+    assert (few.sum(-1) == 0).all(-1).any()
 
 
 def test_pixel_observations_have_the_documented_shape_and_dtype():
@@ -118,19 +144,39 @@ def test_dream_on_vectors_writes_a_plot_and_an_error_table(cartpole_run, tmp_pat
     assert all(np.isfinite(row["obs_mse"]) for row in data["errors"])
     assert 0 < data["code_usage"] <= 1 and data["picture"] == str(out)
     assert data["checkpoint"].endswith("best.safetensors")
-    assert imageio.imread(out).shape[0] == 6 * 110  # 4 observation dims + reward + continuation
+    assert imageio.imread(out).shape[2] in (3, 4)
     result = runner.invoke(app, ["dream", str(cartpole_run), "--horizon", "4", "--checkpoint", "last"])
     assert result.exit_code == 0 and "imagined step" in result.output and "code usage" in result.output
-    assert "last.safetensors" in result.output
+    assert "last.safetensors" in result.output and "1 windows" not in result.output
+    result = runner.invoke(app, ["dream", str(cartpole_run), "--horizon", "450"])  # longer than the episode
+    assert result.exit_code == 0 and "was shortened to" in result.output
+
+
+def test_the_dream_figure_has_a_panel_per_series_a_legend_ticks_and_a_title():
+    from agent.plots import dream_figure
+
+    steps, context = 12, 4
+    real = np.random.default_rng(0).normal(size=(steps, 4))
+    window = {"real": real, "imagined": real + 0.1, "reward": (np.ones(steps), np.ones(steps) * 0.9),
+              "cont": (np.ones(steps), np.ones(steps))}  # fmt: skip
+    figure = dream_figure({"first_window": window, "context": context}, "CartPole-v1 · best at 3,000 env steps")
+    axes = figure.get_axes()
+    assert len(axes) == 4 + 2 and [ax.get_ylabel() for ax in axes[-2:]] == ["reward", "continue"]
+    labels = [text.get_text() for text in axes[0].get_legend().get_texts()]
+    assert labels[:2] == ["real", "imagined"] and "context" in labels[2]
+    assert figure.get_suptitle() == "CartPole-v1 · best at 3,000 env steps"
+    assert axes[-1].get_xlabel() and len(axes[-1].get_xticks()) >= 3
 
 
 @pytest.mark.skipif(not has_minatar, reason="needs the optional minatar package (pip install --no-deps minatar)")
 def test_minatar_trains_a_few_hundred_steps_and_dreams_in_three_panels(tmp_path):
     run = tmp_path / "run"
-    agent = Agent.create("MinAtar/Breakout-v1", preset="tiny", train={"steps": 300, "eval_every": 300})
-    assert agent.obs_shape == (4, 10, 10)
-    agent.learn(run_dir=run)
-    assert agent.trainer.replay.data["obs"].dtype == np.uint8
+    with Trainer.create(
+        "MinAtar/Breakout-v1", preset="tiny", run_dir=run, train={"steps": 300, "eval_every": 300}
+    ) as t:
+        assert t.agent.obs_shape == (4, 10, 10)
+        t.learn()
+    assert t.replay.data["obs"].dtype == np.uint8
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 300 and np.isfinite(lines[-1]["loss/decoder"])
     out = tmp_path / "dream.gif"
@@ -138,3 +184,6 @@ def test_minatar_trains_a_few_hundred_steps_and_dreams_in_three_panels(tmp_path)
     assert result.exit_code == 0, result.output
     shown = imageio.mimread(out)
     assert len(shown) == 5 and shown[0].shape[1] > 2 * shown[0].shape[0]  # real | imagined | difference
+    height = shown[0].shape[0]
+    scale = height // 10  # three square 10x10 panels and two 4-pixel gaps, upscaled alike
+    assert height % 10 == 0 and shown[0].shape[1] == (3 * 10 + 2 * 4) * scale

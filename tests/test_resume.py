@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import Agent
+from agent import Agent, Trainer
 from agent.config import ConfigError
 from agent.replay import chunk_files
 
@@ -33,12 +33,12 @@ def assert_replay_chunks_partition(run: Path, total: int) -> None:
 
 def test_resume_continues_counters_replay_and_log_exactly(tmp_path):
     run = tmp_path / "run"
-    agent = Agent.create("CartPole-v1", preset="tiny", seed=0, train=TINY)
-    agent.learn(200, run_dir=run)
-    counters = dict(agent.counters)
-    resumed = Agent.resume(run)
-    assert resumed.counters == counters and resumed.config == agent.config
-    trainer, old = resumed.trainer, agent.trainer
+    old = Trainer.create("CartPole-v1", preset="tiny", run_dir=run, seed=0, train=TINY)
+    old.learn(200)
+    old.close()
+    counters = dict(old.counters)
+    trainer = Trainer.resume(run)
+    assert trainer.counters == counters and trainer.agent.config == old.agent.config
     assert trainer.replay.total == old.replay.total
     held = old.replay.count
     for key in ("obs", "action", "reward", "is_first"):
@@ -47,22 +47,27 @@ def test_resume_continues_counters_replay_and_log_exactly(tmp_path):
         a, b = optimizer.state_dict()["state"], old.optimizers[name].state_dict()["state"]
         assert all(np.array_equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
     assert trainer.best_eval == old.best_eval and trainer.evaluations == old.evaluations
-    resumed.learn()  # to the run's budget
-    assert resumed.counters["env_steps"] == 400
+    assert trainer.agent.generator.get_state().equal(old.agent.generator.get_state())
+    assert trainer.generator.get_state().equal(old.generator.get_state())
+    trainer.learn()  # to the run's budget
+    trainer.close()
+    assert trainer.counters["env_steps"] == 400
     logged = steps_logged(run)
     assert logged == sorted(set(logged)) and logged[-1] == 400 and 200 in logged
-    assert_replay_chunks_partition(run, resumed.trainer.replay.total)
+    assert_replay_chunks_partition(run, trainer.replay.total)
 
 
 def test_resume_applies_allowed_changes_and_refuses_the_others(tmp_path):
     run = tmp_path / "run"
-    Agent.create("CartPole-v1", preset="tiny", train=TINY).learn(120, run_dir=run)
-    agent = Agent.resume(run, {"train.steps": 1000, "train.eval_every": 500})
-    assert agent.config.train.steps == 1000 and json.loads((run / "config.json").read_text())["train"]["steps"] == 1000
+    with Trainer.create("CartPole-v1", preset="tiny", run_dir=run, train=TINY) as trainer:
+        trainer.learn(120)
+    with Trainer.resume(run, {"train.steps": 1000, "train.eval_every": 500}) as trainer:
+        assert trainer.agent.config.train.steps == 1000
+        assert json.loads((run / "config.json").read_text())["train"]["steps"] == 1000
     with pytest.raises(ConfigError, match=r"cannot change model\.deter, seed when resuming"):
-        Agent.resume(run, {"model.deter": 8, "seed": 3})
+        Trainer.resume(run, {"model.deter": 8, "seed": 3})
     with pytest.raises(ConfigError, match="below the run's env steps"):
-        Agent.resume(run, {"train.steps": 10})
+        Trainer.resume(run, {"train.steps": 110})
 
 
 CLI = [sys.executable, "-c", "from cli import app; app()"]
@@ -72,8 +77,8 @@ def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Pop
     return subprocess.Popen(CLI + args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def last_counters(run: Path) -> dict:
-    return Agent.load(run, which="last").counters
+def last_env_steps(run: Path) -> int:
+    return Agent.load(run, which="last").trained_env_steps
 
 
 @pytest.mark.slow
@@ -100,7 +105,7 @@ def test_sigkill_at_random_moments_and_during_a_checkpoint_write_then_resume(tmp
     )
     process = subprocess.Popen([sys.executable, "-c", hook, *fresh], cwd=repo, stderr=subprocess.PIPE)
     assert process.wait(timeout=300) == -signal.SIGKILL
-    seen.append(last_counters(run)["env_steps"])
+    seen.append(last_env_steps(run))
     # 2-7: killed at random moments of training, resumed each time
     for _ in range(6):
         process = start(resume, repo)
@@ -113,19 +118,19 @@ def test_sigkill_at_random_moments_and_during_a_checkpoint_write_then_resume(tmp
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-        counters = last_counters(run)  # the run loads after every kill
-        assert counters["env_steps"] >= seen[-1]  # monotone
-        seen.append(counters["env_steps"])
+        env_steps = last_env_steps(run)  # the run loads after every kill
+        assert env_steps >= seen[-1]  # monotone
+        seen.append(env_steps)
         logged = steps_logged(Path(run)) if (run / "metrics.jsonl").exists() else []
         assert logged == sorted(logged)
     # finally, a session that finishes the budget
     process = start(resume, repo)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr.decode()
-    final = Agent.resume(run)
-    assert final.counters["env_steps"] == 400
+    with Trainer.resume(run) as final:
+        assert final.counters["env_steps"] == 400 and final.finished
     assert not list(run.rglob(".*.tmp-*"))  # temporary files of interrupted writes were cleaned up
-    assert_replay_chunks_partition(run, final.trainer.replay.total)
+    assert_replay_chunks_partition(run, final.replay.total)
     logged = steps_logged(run)
     assert logged == sorted(set(logged)) and logged[-1] == 400  # no duplicated or missing lines
     assert set(range(20, 401, 20)) <= set(logged)

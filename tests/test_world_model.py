@@ -101,24 +101,66 @@ def test_lambda_one_is_the_discounted_sum_and_lambda_zero_is_one_step_td():
 # --- the world model, with every quantizer ------------------------------------------------------------
 
 
+def alphabet_table(q) -> torch.Tensor:
+    """Every code each unit can take: (K, U, code values per unit), row k = the code of index k."""
+    k = max(q.alphabet)
+    return q.codes(torch.arange(k)[:, None].expand(k, q.units)).reshape(k, q.units, -1)
+
+
 @pytest.mark.parametrize("name", list(quantize.QUANTIZERS))
 def test_world_model_loss_and_imagination_work_with_every_quantizer(name):
     wm, config = tiny_model(name)
     batch = random_cartpole_batch()
     loss, terms, post = wm.loss(batch, gen(0))
     assert set(terms) >= {"decoder", "reward", "cont", "dyn", "rep", "quantizer"}
-    assert post.deter.shape == (4, 12, config.model.deter) and post.code.shape == (4, 12, wm.quantizer.code_size)
+    latent = post.latent
+    assert latent.deter.shape == (4, 12, config.model.deter) and latent.code.shape == (4, 12, wm.quantizer.code_size)
+    assert post.index.shape == (4, 12, wm.quantizer.units) and post.inputs.shape == (4, 12, wm.quantizer.code_size)
     loss.backward()
     grads = [p.grad for p in wm.parameters() if p.requires_grad and p.grad is not None]
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in (wm.encoder.mlp.out.weight.grad, wm.post_out.weight.grad))
-    # imagined codes are exact codes of the quantizer's alphabet
-    latent = Latent(post.deter.detach().flatten(0, 1), post.code.detach().flatten(0, 1))
-    nxt = wm.imagine_step(latent, torch.eye(2)[torch.zeros(48, dtype=torch.long)], gen(1))
-    code = nxt.code.view(48, *wm.quantizer.input_shape)
-    probs = torch.nn.functional.one_hot(wm.prior_log_probs(nxt.deter).argmax(-1), max(wm.quantizer.alphabet))
-    assert torch.isfinite(code).all()
-    assert wm.quantizer.expected_code(probs.float()).shape == code.shape
+    # imagined codes are exact codes of each unit's alphabet: sampled ones are members of it, and the most
+    # likely ones are the codes of the prior's argmax
+    start = Latent(latent.deter.detach().flatten(0, 1), latent.code.detach().flatten(0, 1))
+    action = torch.eye(2)[torch.zeros(48, dtype=torch.long)]
+    table = alphabet_table(wm.quantizer)  # (K, U, V)
+    valid = torch.arange(len(table))[:, None] < torch.tensor(wm.quantizer.alphabet)  # (K, U)
+    with torch.no_grad():
+        sampled = wm.imagine_step(start, action, gen(1)).code.view(48, wm.quantizer.units, -1)  # (N, U, V)
+        member = (sampled[:, None] == table[None]).all(-1) & valid  # (N, K, U)
+        assert member.any(1).all()
+        likely = wm.imagine_step(start, action, deterministic=True)
+        index = wm.prior_log_probs(likely.deter).argmax(-1)
+        assert torch.equal(likely.code, wm.quantizer.codes(index).flatten(1))
+
+
+def test_observe_starts_afresh_at_is_first():
+    wm, _ = tiny_model("round")  # a deterministic posterior: the states can be compared exactly
+    batch = random_cartpole_batch(batch=3, steps=10, seed=4)
+    first = torch.zeros(3, 10, dtype=torch.bool)
+    first[:, 0] = first[:, 6] = True
+    with torch.no_grad():
+        whole = wm.observe(batch["obs"], batch["action"], first).latent
+        tail = wm.observe(batch["obs"][:, 6:], batch["action"][:, 6:], first[:, 6:]).latent
+        unreset = wm.observe(batch["obs"], batch["action"], torch.zeros_like(first).index_fill(1, torch.tensor(0), 1))
+    assert torch.allclose(whole.deter[:, 6:], tail.deter, atol=1e-6)
+    assert torch.equal(whole.code[:, 6:], tail.code)
+    assert not torch.allclose(whole.deter[:, 6:], unreset.latent.deter[:, 6:])  # the reset is what made them equal
+
+
+def test_kl_terms_equal_torch_distributions_and_point_masses_use_the_prior_cross_entropy():
+    post_logits, prior_logits = torch.randn(2, 3, 4, 5, generator=gen(0)), torch.randn(2, 3, 4, 5, generator=gen(1))
+    post_logp, prior_logp = post_logits.log_softmax(-1), prior_logits.log_softmax(-1)
+    index = torch.randint(5, (2, 3, 4), generator=gen(2))
+    dyn, rep = WorldModel.kl_terms(post_logp, index, prior_logp)
+    want = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=post_logits), torch.distributions.Categorical(logits=prior_logits)
+    ).sum(-1)
+    assert torch.allclose(dyn, want, atol=1e-6) and torch.allclose(rep, want, atol=1e-6)
+    dyn, rep = WorldModel.kl_terms(None, index, prior_logp)
+    cross_entropy = -torch.distributions.Categorical(logits=prior_logits).log_prob(index).sum(-1)
+    assert torch.allclose(dyn, cross_entropy, atol=1e-6) and torch.equal(rep, torch.zeros_like(rep))
 
 
 def test_world_model_losses_decrease_on_a_fixed_dataset():
@@ -153,29 +195,34 @@ def test_prior_gives_padding_classes_of_uneven_alphabets_no_mass_and_finite_grad
 # --- imagination and the actor-critic ------------------------------------------------------------------
 
 
-def test_imagination_has_the_right_shapes_and_respects_continuation():
+def test_imagination_has_the_right_shapes_and_states_after_a_terminal_carry_no_weight():
     wm, config = tiny_model()
     ac = ActorCritic(config.model.deter + wm.quantizer.code_size, 2, True, config.actor_critic, 32, 1)
     horizon, n = config.actor_critic.horizon, 10
     start = Latent(
-        torch.randn(n, config.model.deter),
+        torch.randn(n, config.model.deter, generator=gen(3)),
         wm.quantizer.codes(torch.zeros(n, wm.quantizer.units, dtype=torch.long)).flatten(1),
     )
     feats, actions = ac.imagine(wm, start, gen(0))
     assert feats.shape == (horizon + 1, n, config.model.deter + wm.quantizer.code_size)
     assert actions.shape == (horizon, n, 2) and torch.equal(actions.sum(-1), torch.ones(horizon, n))
-    # a model certain that every imagined state is terminal: only the first reward counts, and the
-    # states after the first carry no weight in the losses
+    # a model certain that every imagined state is terminal: only the first reward counts ...
     with torch.no_grad():
         wm.cont.out.bias.fill_(-1e4)
-        wm.reward.out.bias.zero_()
-    start_cont = torch.ones(n)
-    actor_loss, critic_loss, _ = ac.loss(wm, feats, actions, start_cont)
+        wm.reward.out.bias.normal_(generator=gen(4))
     reward = wm.reward_dist(feats[1:]).mean()
-    value = ac.value(feats).mean()
-    returns = lambda_return(reward, wm.cont_dist(feats[1:]).mean(), value, ac.cfg.gamma, ac.cfg.lam)
+    returns = lambda_return(reward, wm.cont_dist(feats[1:]).mean(), ac.value(feats).mean(), 0.985, 0.95)
     assert torch.allclose(returns, reward, atol=1e-5)
-    assert torch.isfinite(actor_loss) and torch.isfinite(critic_loss)
+    # ... and the states after the first carry no weight: changing them changes neither loss
+    actor_loss, critic_loss, _, _ = ac.loss(wm, feats, actions, torch.ones(n))
+    later = feats.clone()
+    later[2:] += torch.randn(later[2:].shape, generator=gen(5))
+    other_actions = actions.clone()
+    other_actions[1:] = other_actions[1:].flip(-1)
+    actor_again, critic_again, _, _ = ac.loss(wm, later, other_actions, torch.ones(n))
+    assert torch.equal(actor_loss, actor_again) and torch.equal(critic_loss, critic_again)
+    changed, _, _, _ = ac.loss(wm, feats, actions.flip(-1), torch.ones(n))  # the first action does count
+    assert not torch.equal(changed, actor_loss)
 
 
 def test_dynamics_backprop_actor_gets_gradients_through_the_straight_through_codes():
@@ -185,7 +232,7 @@ def test_dynamics_backprop_actor_gets_gradients_through_the_straight_through_cod
     start = Latent(torch.randn(6, config.model.deter), torch.zeros(6, wm.quantizer.code_size))
     feats, actions = ac.imagine(wm, start, gen(0))
     assert feats.requires_grad
-    actor_loss, _, _ = ac.loss(wm, feats, actions, torch.ones(6))
+    actor_loss, _, _, _ = ac.loss(wm, feats, actions, torch.ones(6))
     grads = torch.autograd.grad(actor_loss, list(ac.actor.parameters()))
     assert all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
     # the gradient reaches the actor through the prior's straight-through code samples, too

@@ -1,0 +1,72 @@
+"""Evaluation: deterministic episodes of a policy, played as one batch of environments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs
+
+if TYPE_CHECKING:  # for type hints only: this module needs nothing of the Agent's but its methods
+    from agent.agent import Agent
+
+
+def evaluation_seed(seed: int, evaluation: int, episodes: int) -> int:
+    """First episode seed of a run's n-th evaluation: fresh for every evaluation, never a training seed."""
+    return 1_000_000 + seed * 10_000 + evaluation * episodes
+
+
+def confirmation_seed(seed: int, evaluation: int, episodes: int) -> int:
+    """First episode seed of the episodes that confirm a run's n-th evaluation before it becomes the best."""
+    return 5_000_000 + seed * 100_000 + evaluation * episodes
+
+
+def evaluation_envs(agent: Agent, episodes: int) -> gym.vector.VectorEnv:
+    """`episodes` environments stepped together, for `evaluate(..., env=)` to reuse."""
+    return envs.make_vector(agent.config.env_id, episodes, **agent.config.env_options())
+
+
+def evaluate(
+    agent: Agent, episodes: int = 10, seed: int = 0, env: gym.vector.VectorEnv | None = None
+) -> dict[str, Any]:
+    """Returns and lengths of `episodes` deterministic episodes (no exploration) with seeds seed, seed + 1, ...
+
+    env: a vector env of exactly `episodes` sub-environments from `evaluation_envs` (reused between
+    calls, so that repeated evaluations do not build new environments); made and closed here if None.
+    """
+    own = env is None
+    env = evaluation_envs(agent, episodes) if own else env
+    if env.num_envs != episodes:
+        raise ValueError(f"the evaluation env has {env.num_envs} sub-environments, not {episodes}")
+    try:
+        obs, _ = env.reset(seed=seed)
+        state = agent.initial_state(episodes)
+        is_first = np.ones(episodes, bool)
+        returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
+        running, terminated = np.ones(episodes, bool), np.zeros(episodes, bool)
+        while running.any():
+            action, state = agent.policy_step(obs, state, is_first, deterministic=True)
+            obs, reward, term, trunc, _ = env.step(envs.to_env_action(action, agent.discrete))
+            returns += reward * running
+            lengths += running
+            terminated |= term & running
+            running &= ~(term | trunc)
+            is_first = np.zeros(episodes, bool)
+    finally:
+        if own:
+            env.close()
+    return {
+        "env_id": agent.config.env_id,
+        "episodes": episodes,
+        "seed": seed,
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "min_return": float(returns.min()),
+        "max_return": float(returns.max()),
+        "mean_length": float(lengths.mean()),
+        "returns": returns.tolist(),
+        "lengths": lengths.tolist(),
+        "terminated": terminated.tolist(),
+    }
