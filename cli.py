@@ -413,12 +413,14 @@ def load_agent(run_dir: Path, checkpoint: str, device: str, threads: int) -> Age
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     set_threads(threads)
     check_device(device)
-    agent = Agent.load(run_dir, which=checkpoint, device=device)
+    return Agent.load(run_dir, which=checkpoint, device=device)
+
+
+def print_checkpoint(agent: Agent) -> None:
     console.print(
         f"checkpoint: [cyan]{escape(str(agent.loaded_from))}[/] (env steps {agent.trained_env_steps:,})",
         highlight=False,
     )
-    return agent
 
 
 @app.command("eval")
@@ -437,13 +439,13 @@ def evaluate(
         from agent.evaluate import evaluate as evaluate_policy
 
         check_positive(episodes=episodes)
-        with console.capture() if json_ else contextlib.nullcontext():  # with --json: only the JSON
-            agent = load_agent(run_dir, checkpoint, device, threads)
+        agent = load_agent(run_dir, checkpoint, device, threads)
         result = evaluate_policy(agent, episodes, seed)
     result["checkpoint"] = str(agent.loaded_from)
     if json_:
         print(json.dumps(result))
         return
+    print_checkpoint(agent)
     table = Table(title=f"{result['env_id']}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}")
     for column in ("mean return", "std", "min", "max", "mean length"):
         table.add_column(column, justify="right")
@@ -494,6 +496,7 @@ def watch(
         if window and not has_display():
             raise ConfigError("--window needs a display, and none is set (DISPLAY); use --terminal or --out instead")
         agent = load_agent(run_dir, checkpoint, device, threads)
+        print_checkpoint(agent)
         if window:
             played = play(agent, episodes, seed, render="human", max_steps=max_steps)
         elif terminal:
@@ -562,8 +565,7 @@ def dream(
         from agent.render import VIDEO_SUFFIXES, write_video
 
         check_positive(context=context, horizon=horizon)
-        with console.capture() if json_ else contextlib.nullcontext():
-            agent = load_agent(run_dir, checkpoint, device, threads)
+        agent = load_agent(run_dir, checkpoint, device, threads)
         images = len(agent.obs_shape) == 3
         allowed = VIDEO_SUFFIXES if images else (".png",)
         if out is not None and out.suffix.lower() not in allowed:
@@ -585,6 +587,7 @@ def dream(
     if json_:
         print(json.dumps(summary))
         return
+    print_checkpoint(agent)
     if result["horizon"] < result["horizon_requested"]:
         console.print(
             f"note: the episode has {episode.length + 1} observations, so --horizon {result['horizon_requested']} "

@@ -38,6 +38,14 @@ def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam
     return torch.stack(out[::-1])
 
 
+def trajectory_weights(start_cont: Tensor, cont: Tensor, gamma: float) -> Tensor:
+    """Weight of each imagined state s_0..s_{H-1} in the losses: the discounted probability that its
+    trajectory is still running there, gamma^t * c_start * c_1 * ... * c_t (no gradient).
+    start_cont (N,): 1 - is_terminal of the real start states; cont (H, N): for s_1..s_H."""
+    alive = torch.cat([start_cont.unsqueeze(0), cont[:-1]], 0)
+    return (torch.cumprod(gamma * alive, 0) / gamma).detach()
+
+
 class ReturnNorm(nn.Module):
     """Scale = max(1, EMA(P95) - EMA(P5)) of the returns: advantages are divided by it, so one entropy
     coefficient suits sparse and dense rewards alike, while small returns are not blown up.
@@ -120,9 +128,7 @@ class ActorCritic(nn.Module):
         critic_logits = self.critic(feats)  # (H + 1, N, bins): one pass serves returns and critic loss
         value = TwoHot(critic_logits, self.critic_grid).mean()  # (H + 1, N)
         returns = lambda_return(reward, cont, value, cfg.gamma, cfg.lam)  # (H, N)
-        # weight of each state: the probability that the trajectory is still running, discounted
-        alive = torch.cat([start_cont.unsqueeze(0), cont[:-1]], 0)
-        weight = (torch.cumprod(cfg.gamma * alive, 0) / cfg.gamma).detach()  # (H, N)
+        weight = trajectory_weights(start_cont, cont, cfg.gamma)  # (H, N)
 
         return_stats = self.return_norm.statistics(returns)
         scale = self.return_norm.scale(return_stats)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,6 @@ from safetensors.torch import save_file
 
 FORMAT = "stdreamer-checkpoint-1"
 TEMP_MARK = ".tmp-"  # in the names of files being written: .<name>.tmp-<random><suffix>
-UMASK = os.umask(0)
-os.umask(UMASK)
 
 
 class CheckpointError(ValueError):
@@ -31,12 +29,12 @@ def atomic_write(path: Path, write) -> None:
     the previous version intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name keeps the real suffix: some writers choose the format by it (imageio's ffmpeg)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=path.suffix)
-    os.close(fd)
+    # the temporary name keeps the real suffix: some writers choose the format by it (imageio's ffmpeg);
+    # os.open with 0o666 gives the file the usual permissions under the process's umask
+    tmp = str(path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(6)}{path.suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,7 +49,14 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any])
     """Write weights and JSON-serialisable metadata to one .safetensors file, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     header = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=header)
+        except SafetensorError as error:  # e.g. a full disk: an OSError, with the reason on one line
+            raise OSError(f"{path}: cannot write the checkpoint ({str(error).splitlines()[0]})") from None
+
+    atomic_write(path, write)
 
 
 def load(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -179,12 +179,13 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
                 return False
             raise ValueError
         if kind is int:
+            number = value
             if text is not None:  # "15000", "15_000", and integral floats such as "1e4" or "2.0"
-                text = text.replace("_", "")
-                value = int(text) if text.lstrip("+-").isdigit() else float(text)
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                digits = text.replace("_", "")
+                number = int(digits) if digits.lstrip("+-").isdigit() else float(digits)
+            if isinstance(number, bool) or (isinstance(number, float) and not number.is_integer()):
                 raise ValueError
-            return int(value)
+            return int(number)
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -320,9 +321,15 @@ def validate(config: Config) -> None:
     if config.quantizer not in quantize.QUANTIZERS:
         raise ConfigError(f"quantizer: unknown {config.quantizer!r}; choose one of: {', '.join(quantize.QUANTIZERS)}")
     try:
-        quantize.make(config.quantizer, **config.quantizer_options)
+        quantizer = quantize.make(config.quantizer, **config.quantizer_options)
     except ValueError as error:
         raise ConfigError(f"quantizer_options: {error}") from None
+    prior_size = quantizer.units * max(quantizer.alphabet)
+    if prior_size > quantize.MAX_SIZE:
+        raise ConfigError(
+            f"quantizer_options: the prior would predict {prior_size:,} probabilities per step (units x alphabet); "
+            f"at most {quantize.MAX_SIZE:,}"
+        )
     m, a, t = config.model, config.actor_critic, config.train
     positive = {
         "model.deter": m.deter, "model.hidden": m.hidden, "model.layers": m.layers, "model.lr": m.lr,

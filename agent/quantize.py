@@ -565,6 +565,9 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
 }
 
 
+MAX_SIZE = 2**20  # numbers in a code (or symbols in an alphabet) that a quantizer may be built with
+
+
 def options_of(name: str) -> dict[str, object]:
     """The options a quantizer takes, with their defaults."""
     params = inspect.signature(QUANTIZERS[name].__init__).parameters
@@ -581,4 +584,9 @@ def make(name: str, **options) -> Quantizer:
             f"quantizer {name!r} has no option {', '.join(sorted(unknown))}; "
             f"its options are: {', '.join(options_of(name))}"
         )
+    size_options = ("groups", "classes", "dims", "codebook_size")
+    sizes = [v for k, v in options.items() if k in size_options and isinstance(v, int)]
+    levels = options.get("levels", ())
+    if math.prod(sizes) > MAX_SIZE or (isinstance(levels, tuple | list) and len(levels) > MAX_SIZE):
+        raise ValueError(f"quantizer {name!r}: the code would hold more than {MAX_SIZE:,} numbers")
     return QUANTIZERS[name](**options)

@@ -212,8 +212,10 @@ def make(env_id: str, render_mode: str | None = None, obs: str = "state", size: 
         render_mode = "rgb_array"
     if render_mode == "rgb_array" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders frames without a screen
+    if render_mode is not None:  # passed only when asked for: custom envs often take no render_mode
+        options["render_mode"] = render_mode
     try:
-        env = gym.make(name, render_mode=render_mode, **options)
+        env = gym.make(name, **options)
     except (ImportError, gym.error.DependencyNotInstalled) as error:
         raise EnvError(f"{env_id}: a dependency is missing: {first_line(error)}") from None
     except Exception as error:  # a third-party env may fail in any way while it is made

@@ -1,5 +1,7 @@
 """Environment creation, checks and conventions."""
 
+import importlib.util
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -59,3 +61,61 @@ def test_vector_envs_autoreset_on_the_next_step():
     assert dones[2].all() and not dones[3].any()  # the 4th step is the reset step
     with pytest.raises(envs.EnvError, match="vector mode"):
         envs.make_vector("CartPole-v1", 2, mode="threads")
+
+
+# --- custom environments, Dict observations, optional packages -----------------------------------------
+
+
+def test_module_colon_id_imports_the_module_that_registers_the_env():
+    env = envs.make("custom_envs:DictObservations-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (7,) and obs.dtype == np.float32
+    with pytest.raises(envs.EnvError, match="cannot import module 'no_such_module'"):
+        envs.make("no_such_module:Env-v0")
+    with pytest.raises(envs.EnvError, match="unknown environment 'custom_envs:Nope-v0'"):
+        envs.make("custom_envs:Nope-v0")
+    with pytest.raises(envs.EnvError, match="expected module:EnvId"):
+        envs.make(":Env-v0")
+
+
+def test_dict_observations_of_boxes_are_flattened_in_the_spaces_key_order():
+    env = envs.make("custom_envs:DictObservations-v0")
+    obs, _ = env.reset(seed=0)
+    # gymnasium sorts a Dict's keys: angle (a scalar), arm (2x2, row-major), velocity
+    assert obs.tolist() == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7, 0.1, 0.2])
+    assert env.observation_space.shape == (7,)
+    with pytest.raises(envs.EnvError, match="observation entry 'camera' is an image"):
+        envs.make("custom_envs:DictWithImage-v0")
+
+
+@pytest.mark.parametrize(
+    ("env_id", "message"),
+    [
+        ("ALE/Pong-v5", "ALE/ environments need an optional package: pip install ale-py"),
+        ("dm_control/cartpole-swingup-v0", 'pip install "shimmy[dm-control]" "mujoco<4"'),
+        ("Reacher-v2", "a dependency is missing: The mujoco v2 and v3 based environments have been moved"),
+        ("phys2d/CartPole-v1", "a dependency is missing: No module named 'jax'"),
+        (
+            "GymV26Environment-v0",
+            'a dependency is missing: To use the gym compatibility environments, run `pip install "shimmy',
+        ),
+    ],
+)
+def test_missing_optional_packages_are_named_in_one_line(env_id, message):
+    namespace_module = {"ALE": "ale_py", "dm_control": "shimmy"}.get(env_id.split("/")[0])
+    if namespace_module and importlib.util.find_spec(namespace_module):
+        pytest.skip(f"{namespace_module} is installed here")
+    with pytest.raises(envs.EnvError) as error:
+        envs.make(env_id)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_pixel_observations_of_envs_that_cannot_render_are_refused_in_one_line():
+    with pytest.raises(envs.EnvError, match="cannot render rgb_array frames for pixel observations"):
+        envs.make("custom_envs:NoFrames-v0", obs="pixels")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minatar") is None, reason="needs minatar")
+def test_minatar_with_pixel_observations_says_its_observations_are_images_already():
+    with pytest.raises(envs.EnvError, match="its own observations are images already: use --obs state"):
+        envs.make("MinAtar/Breakout-v1", obs="pixels")

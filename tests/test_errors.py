@@ -4,76 +4,45 @@ import errno
 import json
 import string
 
+import bad_inputs
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import agent.checkpoint
 from agent.config import Config, ConfigError, from_dict, make_config
+from agent.runs import RunFolder
 from cli import app
 
 runner = CliRunner()
 
 
-@pytest.fixture
-def run(tiny_run):
-    return tiny_run
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return bad_inputs.tiny_run(tmp_path_factory.mktemp("finished"))
 
 
-def cases(run, tmp):
-    (tmp / "file").write_text("not a folder")
-    (tmp / "text.safetensors").write_text("not a checkpoint")
-    (tmp / "empty").mkdir(exist_ok=True)
-    cut = tmp / "cut.safetensors"
-    cut.write_bytes((run / "checkpoints" / "last.safetensors").read_bytes()[:500])
-    return [
-        (["train", "Cartpole-v1"], 2, "unknown environment 'Cartpole-v1'; did you mean CartPole-v1"),
-        (["train", "NoSuchGame-v9"], 2, "unknown environment 'NoSuchGame-v9'"),
-        (["train", "FrozenLake-v1"], 2, "observation space Discrete(16) is not supported"),
-        (["train", "Blackjack-v1"], 2, "observation space Tuple"),
-        (["train", "-q", "rund"], 2, "unknown 'rund'; choose one of: round"),
-        (["train", "--preset", "huge"], 2, "unknown preset 'huge'"),
-        (["train", "--set", "model.dter=3"], 2, "unknown key 'model.dter'"),
-        (["train", "--set", "model.deter=abc"], 2, "model.deter: expected int, got 'abc'"),
-        (["train", "--set", "actor_critic.gamma=1.5"], 2, "actor_critic.gamma must be in [0, 1)"),
-        (["train", "--set", "train.batch=0"], 2, "train.batch must be > 0"),
-        (["train", "--set", "model.deter"], 2, "--set expects key=value"),
-        (["train", "--set", "quantizer_options.tua=1"], 2, "quantizer 'categorical' has no option 'tua'"),
-        (["train", "-q", "reinmax", "--set", "quantizer_options.tau=0.5"], 2, "reinmax needs tau >= 1"),
-        (["train", "--steps", "0"], 2, "--steps must be > 0"),
-        (["train", "--steps", "-5"], 2, "--steps must be > 0"),
-        (["train", "--run-dir", str(tmp / "file")], 2, "is a file, not a folder"),
-        (["train", "--run-dir", str(tmp / "file" / "run")], 2, "cannot write to the run folder"),
-        (["train", "--run-dir", str(run)], 2, "already holds a run; resume it with --resume"),
-        (["train", "--resume", str(tmp / "empty")], 2, "nothing to resume"),
-        (["train", "--resume", str(run), "--set", "model.deter=8"], 2, "cannot change model.deter when resuming"),
-        (["train", "--resume", str(run), "-q", "round"], 2, "--quantizer cannot be given with --resume"),
-        (["eval", str(tmp / "nowhere")], 2, "no such file or folder"),
-        (["eval", str(tmp / "empty")], 2, "no checkpoint found"),
-        (["eval", str(tmp / "text.safetensors")], 2, "unreadable or corrupt checkpoint"),
-        (["eval", str(cut)], 2, "unreadable or corrupt checkpoint"),
-        (["eval", str(run), "--checkpoint", "newest"], 2, "checkpoint must be one of best, last"),
-        (["eval", str(run), "--episodes", "0"], 2, "--episodes must be > 0"),
-    ]
-
-
-def test_at_least_twenty_mistakes_each_get_one_line_and_exit_code_2(run, tmp_path):
-    all_cases = cases(run, tmp_path)
-    if not torch.cuda.is_available():
-        all_cases.append((["train", "--device", "cuda"], 2, "no CUDA device is available"))
-    assert len(all_cases) >= 20
-    for args, code, message in all_cases:
+def test_every_bad_input_gets_one_line_and_its_exit_code(finished_run, tmp_path):
+    for args, code, message in bad_inputs.cases(finished_run, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == code, (args, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.output)
-        assert message in lines[0], (args, lines[0])
-        assert "Traceback" not in result.output
+        assert "Traceback" not in result.output, (args, result.output)
+        if code:
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.output)
+            assert message in lines[0], (args, lines[0])
+        else:
+            assert message in result.output, (args, result.output)
 
 
-def test_a_full_disk_is_one_line_and_leaves_earlier_files_intact(run, tmp_path, monkeypatch):
+def test_a_folder_in_use_by_another_trainer_is_refused(finished_run):
+    with RunFolder(finished_run, new=False):
+        result = runner.invoke(app, ["train", "--resume", str(finished_run), "--steps", "200"])
+    assert result.exit_code == 2 and "is in use by another training process" in result.output
+
+
+def test_a_full_disk_is_one_line_and_leaves_earlier_files_intact(tmp_path, monkeypatch):
     target = tmp_path / "run"
     real = agent.checkpoint.atomic_write
     calls = {"n": 0}
@@ -91,6 +60,23 @@ def test_a_full_disk_is_one_line_and_leaves_earlier_files_intact(run, tmp_path, 
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and "No space left on device" in last and "Traceback" not in result.output
     assert json.loads((target / "config.json").read_text())["env_id"] == "CartPole-v1"
+
+
+def test_a_full_disk_inside_safetensors_is_one_line_too(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full_disk(tensors, path, metadata=None):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(agent.checkpoint, "save_file", full_disk)
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--steps", "150", "--run-dir", str(tmp_path / "run"),
+                                 "--quiet"])  # fmt: skip
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert lines[-1].startswith("error: ") and "cannot write the checkpoint" in lines[-1] and "StorageFull" in lines[-1]
+    assert not list((tmp_path / "run" / "checkpoints").glob("*"))  # no half-written file left
 
 
 def test_debug_shows_the_traceback():

@@ -1,0 +1,61 @@
+"""Custom environments that register themselves on import, for `module:EnvId` and Dict observations."""
+
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+
+class DictObservations(gym.Env):
+    """Observations as a Dict of Box entries, as dm_control tasks give them (through shimmy)."""
+
+    def __init__(self, with_image: bool = False):
+        spaces = {"velocity": gym.spaces.Box(-1, 1, (2,)), "angle": gym.spaces.Box(-1, 1, ()),
+                  "arm": gym.spaces.Box(-1, 1, (2, 2))}  # fmt: skip
+        if with_image:
+            spaces["camera"] = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def observation(self):
+        obs = {"velocity": np.array([0.1, 0.2], np.float32), "angle": np.array(0.3, np.float32),
+               "arm": np.array([[0.4, 0.5], [0.6, 0.7]], np.float32)}  # fmt: skip
+        if "camera" in self.observation_space.spaces:
+            obs["camera"] = np.zeros((8, 8, 3), np.uint8)
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation(), 1.0, False, self.t >= 20, {}
+
+
+class NoFrames(gym.Env):
+    """An env that cannot render frames."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
+    observation_space = gym.spaces.Box(-1, 1, (3,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, True, False, {}
+
+    def render(self):
+        raise NotImplementedError("no frames here")
+
+
+gym.register("DictObservations-v0", entry_point=DictObservations)
+gym.register("DictWithImage-v0", entry_point=lambda: DictObservations(with_image=True))
+gym.register("NoFrames-v0", entry_point=NoFrames)

@@ -1,0 +1,127 @@
+"""The actor-critic's pieces: the REINFORCE gradient, trajectory weights, the entropy term, return
+normalisation and the slow critic."""
+
+import pytest
+import torch
+
+from agent.behavior import ActorCritic, ReturnNorm, trajectory_weights
+from agent.config import make_config
+
+
+class Mean:
+    """Stands in for a head's distribution: only its mean is read by the actor-critic's losses."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def mean(self):
+        return self.value
+
+
+class Bandit:
+    """A stand-in world model for a one-step bandit: the reward of an imagined state is its first
+    feature, and every state is terminal."""
+
+    def reward_dist(self, feat):
+        return Mean(feat[..., 0])
+
+    def cont_dist(self, feat):
+        return Mean(torch.zeros(feat.shape[:-1]))
+
+
+def one_step_bandit(n=4000, seed=0):
+    """Two actions; action 0 pays 1, action 1 pays 0. Returns (actor-critic, feats, actions)."""
+    config = make_config("tiny", {"actor_critic.horizon": 1, "actor_critic.entropy": 0.0})
+    torch.manual_seed(seed)
+    ac = ActorCritic(3, 2, True, config.actor_critic, 16, 1)
+    actions = torch.nn.functional.one_hot(torch.randint(2, (1, n)), 2).float()  # (H=1, N, A)
+    feats = torch.zeros(2, n, 3)
+    feats[1, :, 0] = actions[0, :, 0]  # the state reached: reward 1 after action 0
+    return ac, feats, actions
+
+
+def test_reinforce_raises_the_probability_of_the_action_that_paid():
+    ac, feats, actions = one_step_bandit()
+    actor_loss, _, _, _ = ac.loss(Bandit(), feats, actions, torch.ones(feats.shape[1]))
+    (grad,) = torch.autograd.grad(actor_loss, ac.actor.out.bias)
+    assert grad[0] < 0 < grad[1]  # descending the loss raises logit 0 and lowers logit 1
+    optimizer = torch.optim.Adam(ac.actor.parameters(), lr=1e-2)
+    before = ac.policy(feats[0, :1]).probs[0, 0].item()
+    for _ in range(20):
+        loss, _, _, _ = ac.loss(Bandit(), feats, actions, torch.ones(feats.shape[1]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert ac.policy(feats[0, :1]).probs[0, 0].item() > before + 0.2
+
+
+def test_trajectory_weights_are_discounted_survival_probabilities():
+    cont = torch.tensor([[1.0, 0.5], [0.0, 0.5], [1.0, 0.5]])  # (H=3, N=2)
+    weights = trajectory_weights(torch.tensor([1.0, 0.0]), cont, gamma=0.9)
+    # trajectory 0: alive at s_0 and s_1, terminal at s_2; trajectory 1 starts from a terminal state
+    assert torch.allclose(weights[:, 0], torch.tensor([1.0, 0.9, 0.0]))
+    assert torch.equal(weights[:, 1], torch.zeros(3))
+    half = trajectory_weights(torch.ones(1), torch.full((3, 1), 0.5), gamma=0.9)
+    assert torch.allclose(half[:, 0], torch.tensor([1.0, 0.45, 0.2025]))
+
+
+def test_with_nothing_to_gain_the_actor_loss_is_the_weighted_entropy_bonus():
+    config = make_config("tiny", {"actor_critic.horizon": 3, "actor_critic.entropy": 0.1})
+    torch.manual_seed(0)
+    ac = ActorCritic(3, 2, True, config.actor_critic, 16, 1)
+    feats = torch.randn(4, 5, 3)
+    feats[..., 0] = 0.0  # no reward anywhere, and the critic starts at exactly 0: advantages are 0
+    actions = torch.nn.functional.one_hot(torch.randint(2, (3, 5)), 2).float()
+
+    class Running(Bandit):
+        def cont_dist(self, feat):
+            return Mean(torch.ones(feat.shape[:-1]))
+
+    actor_loss, _, metrics, _ = ac.loss(Running(), feats, actions, torch.ones(5))
+    entropy = ac.policy(feats[:-1]).entropy()  # (H, N)
+    weights = trajectory_weights(torch.ones(5), torch.ones(3, 5), config.actor_critic.gamma)
+    assert torch.allclose(actor_loss, -(weights * 0.1 * entropy).mean())
+    assert torch.allclose(metrics["actor/entropy"], entropy.mean())
+
+
+def test_return_norm_starts_at_the_first_batch_then_averages_and_floors_the_scale_at_one():
+    norm = ReturnNorm(decay=0.9)
+    first = torch.arange(101.0)  # P5 = 5, P95 = 95
+    stats = norm.statistics(first)
+    assert torch.allclose(stats, torch.tensor([5.0, 95.0])) and norm.scale(stats) == 90.0
+    assert norm.low == 0 and not norm.started  # nothing is stored until commit
+    norm.commit(stats)
+    second = norm.statistics(first + 10)  # P5 = 15, P95 = 105: averaged in with weight 0.1
+    assert torch.allclose(second, torch.tensor([6.0, 96.0]))
+    assert norm.scale(torch.tensor([0.0, 0.3])) == 1.0  # small returns are not blown up
+
+
+def test_return_norm_of_a_nonfinite_batch_is_nonfinite_so_the_trainer_never_commits_it():
+    norm = ReturnNorm(decay=0.9)
+    norm.commit(torch.tensor([1.0, 3.0]))
+    stats = norm.statistics(torch.tensor([1.0, float("nan"), 2.0]))
+    assert not torch.isfinite(stats).all()
+    assert torch.equal(torch.stack([norm.low, norm.high]), torch.tensor([1.0, 3.0]))
+
+
+def test_the_slow_critic_moves_towards_the_critic_by_one_minus_its_decay():
+    config = make_config("tiny", {"actor_critic.slow_critic_decay": 0.75})
+    ac = ActorCritic(3, 2, True, config.actor_critic, 16, 1)
+    with torch.no_grad():
+        for p in ac.critic.parameters():
+            p.add_(1.0)
+    slow_before = [p.clone() for p in ac.slow_critic.parameters()]
+    ac.update_slow_critic()
+    for slow, before, fast in zip(ac.slow_critic.parameters(), slow_before, ac.critic.parameters(), strict=True):
+        assert torch.allclose(slow, 0.75 * before + 0.25 * fast)
+    assert not any(p.requires_grad for p in ac.slow_critic.parameters())
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_policies_sample_in_float32_under_bfloat16_autocast(discrete):
+    config = make_config("tiny")
+    ac = ActorCritic(3, 2, discrete, config.actor_critic, 16, 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        policy = ac.policy(torch.randn(8, 3))
+        sample = policy.sample(torch.Generator().manual_seed(0))
+    assert sample.dtype == torch.float32
