@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import shlex
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -458,10 +457,6 @@ def evaluate(
 # --- agent watch --------------------------------------------------------------------------------------
 
 
-def has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def output_folder(run_dir: Path, name: str) -> Path:
     """Where pictures of a run go: <run>/<name>, beside the checkpoint when given a file."""
     return (run_dir if run_dir.is_dir() else run_dir.parent) / name
@@ -484,6 +479,7 @@ def watch(
 ) -> None:
     """Play the saved policy and show it: a video file (default), the terminal, or a window."""
     with user_errors(ctx):
+        import envs
         from agent.config import ConfigError
         from agent.play import play
         from agent.render import VIDEO_SUFFIXES, write_video
@@ -493,7 +489,7 @@ def watch(
             raise ConfigError("choose one of --terminal and --window")
         if out is not None and out.suffix.lower() not in VIDEO_SUFFIXES:
             raise ConfigError(f"{out}: unsupported video format {out.suffix or '(none)'}; use .mp4 or .gif")
-        if window and not has_display():
+        if window and not envs.has_display():
             raise ConfigError("--window needs a display, and none is set (DISPLAY); use --terminal or --out instead")
         agent = load_agent(run_dir, checkpoint, device, threads)
         print_checkpoint(agent)

@@ -8,7 +8,7 @@ over that unit's alphabet (K classes, L levels or codebook entries).
 Shape legend: `...` leading batch dims, G groups, K classes, D dims, U units, R samples.
 
   name         input -> code            units U   alphabet per unit      paper
-  round        (..., D) -> (..., D)     D         2B+1 integer levels    Bengio et al. 2013 (the seed)
+  round        (..., D) -> (..., D)     D         2B+1 integer levels    Bengio et al. 2013
   fsq          (..., D) -> (..., D)     D         levels[d]              Mentzer et al. 2023
   binary       (..., D) -> (..., D)     D         2 (-1, +1)             Hubara et al. 2016
   categorical  (..., G, K) -> same      G         K one-hots             Hafner et al. 2023 (DreamerV3)
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     """Forward value `hard`, gradient of `soft` (Bengio et al. 2013, arxiv.org/abs/1308.3432).
 
-    The seed's y = x + sg(round(x) - x), written as sg(hard) + (soft - sg(soft)): the same value and
+    The canonical y = x + sg(round(x) - x), written as sg(hard) + (soft - sg(soft)): the same value and
     the same gradient, but the forward value is bit-exact even when soft is far larger than hard.
     """
     return hard.detach() + (soft - soft.detach())
@@ -140,7 +140,7 @@ def sample_index(probs: Tensor, generator: torch.Generator | None = None) -> Ten
 
 
 class Round(Quantizer):
-    """The seed's estimator: y = x + sg(round(x) - x) on [-bound, bound].
+    """Straight-through rounding, y = x + sg(round(x) - x), on [-bound, bound].
 
     Forward: round(clamp(x, -B, B)), half to even as torch.round does (0.5 -> 0, 1.5 -> 2).
     Backward: the upstream gradient unchanged inside [-B, B]; zero outside, where the clamp is flat.
@@ -180,8 +180,8 @@ class FSQ(Quantizer):
 
     Each dim d is bounded to L_d levels by tanh, then rounded straight-through:
         bound(z) = tanh(z + shift) * h - offset,   h = (L - 1)(1 + eps) / 2,
-    with offset = 1/2 and shift = atanh(offset / h) for even L (so that z = 0 maps to 0; copies of the
-    paper's appendix that use tan here are wrong), offset = shift = 0 for odd L.
+    with offset = 1/2 and shift = atanh(offset / h) for even L (so that z = 0 maps to 0; a tan in place
+    of the atanh would not), offset = shift = 0 for odd L.
     Codes are round(bound(z)) / (L // 2), in [-1, 1]; index = round(bound(z)) + L // 2 in [0, L).
     The implied codebook has prod(L) entries; `flat_index`/`unflat_index` convert both ways.
     """

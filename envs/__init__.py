@@ -118,6 +118,10 @@ def registered_id(env_id: str) -> str:
     return name
 
 
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -210,7 +214,7 @@ def make(env_id: str, render_mode: str | None = None, obs: str = "state", size: 
         if render_mode not in (None, "rgb_array"):
             raise EnvError(f"{env_id}: pixel observations need render_mode rgb_array, got {render_mode!r}")
         render_mode = "rgb_array"
-    if render_mode == "rgb_array" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if render_mode == "rgb_array" and not has_display():
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders frames without a screen
     if render_mode is not None:  # passed only when asked for: custom envs often take no render_mode
         options["render_mode"] = render_mode

@@ -90,7 +90,7 @@ def test_runs_on_cuda(name):
 
 
 # --------------------------------------------------------------------------------------------------
-# round: the seed's estimator
+# round: straight-through rounding, y = x + sg(round(x) - x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -118,15 +118,15 @@ def test_round_gradient_is_exactly_the_upstream_gradient_inside_and_zero_outside
     assert out.code.tolist() == [-2, -2, -1, 0, 2, 2] and out.index.tolist() == [0, 0, 1, 2, 4, 4]
 
 
-def test_round_equals_the_seed_formula_in_value_and_gradient():
+def test_round_equals_the_literal_formula_in_value_and_gradient():
     q = Q.make("round", dims=500, bound=3)
     x = (torch.rand(500, generator=gen(2)) * 6 - 3).requires_grad_()
-    seed_formula = x + (torch.round(x) - x).detach()
+    literal = x + (torch.round(x) - x).detach()
     upstream = torch.randn(500, generator=gen(3))
-    (g_seed,) = torch.autograd.grad(seed_formula, x, upstream)
+    (g_literal,) = torch.autograd.grad(literal, x, upstream)
     out = q(x)
     (g_ours,) = torch.autograd.grad(out.code, x, upstream)
-    assert torch.equal(out.code, seed_formula) and torch.equal(g_ours, g_seed)
+    assert torch.equal(out.code, literal) and torch.equal(g_ours, g_literal)
 
 
 # --------------------------------------------------------------------------------------------------
