@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.quantize import sample_index, unimix_probs
+from agent.quantize import one_hot, sample_index, unimix_probs
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -83,15 +83,24 @@ class GRUCell(nn.Module):
 # Output distributions: each has mean() (a prediction) and log_prob(target) (the loss is its negative).
 
 
-def twohot(x: Tensor, bins: Tensor) -> Tensor:
-    """Two-hot encoding of x (...,) over sorted bins (K,) -> (..., K): the weight is split between the
-    two nearest bins so that the encoding's expected bin value is exactly x (inside the range)."""
+def twohot_weights(x: Tensor, bins: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The two nearest bins of x (...,) among sorted bins (K,) and the weight of the upper one:
+    (lower, upper, w_upper), chosen so that the weighted bin value is exactly x (inside the range)."""
     x = x.clamp(bins[0], bins[-1])
     upper = torch.searchsorted(bins, x.detach().contiguous().unsqueeze(-1)).squeeze(-1).clamp(1, len(bins) - 1)
     lower = upper - 1
     low, high = bins[lower], bins[upper]
-    w_high = (x - low) / (high - low)
-    return F.one_hot(lower, len(bins)) * (1 - w_high).unsqueeze(-1) + F.one_hot(upper, len(bins)) * w_high.unsqueeze(-1)
+    return lower, upper, (x - low) / (high - low)
+
+
+def twohot(x: Tensor, bins: Tensor) -> Tensor:
+    """Two-hot encoding of x (...,) over sorted bins (K,) -> (..., K): the weight is split between the
+    two nearest bins so that the encoding's expected bin value is exactly x (inside the range)."""
+    lower, upper, w_upper = twohot_weights(x, bins)
+    out = torch.zeros((*x.shape, len(bins)), dtype=w_upper.dtype, device=x.device)
+    return out.scatter(-1, lower.unsqueeze(-1), (1 - w_upper).unsqueeze(-1)).scatter(
+        -1, upper.unsqueeze(-1), w_upper.unsqueeze(-1)
+    )
 
 
 class TwoHot:
@@ -105,7 +114,12 @@ class TwoHot:
         return symexp(self.logits.softmax(-1) @ self.bins)
 
     def log_prob(self, target: Tensor) -> Tensor:
-        return (twohot(symlog(target), self.bins) * self.logits.log_softmax(-1)).sum(-1)
+        """log p of the two-hot encoding of symlog(target): the two bins' log-probabilities, weighted."""
+        lower, upper, w_upper = twohot_weights(symlog(target), self.bins)
+        logp = self.logits.log_softmax(-1)
+        at = torch.stack([lower, upper], -1)  # (..., 2)
+        pair = logp.gather(-1, at)
+        return pair[..., 0] * (1 - w_upper) + pair[..., 1] * w_upper
 
 
 def symlog_bins(count: int, limit: float = 20.0) -> Tensor:
@@ -145,10 +159,10 @@ class OneHotPolicy:
         self.probs, self.logp = unimix_probs(logits.float(), unimix)  # float32 under autocast: see quantize
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return F.one_hot(sample_index(self.probs, generator), self.probs.shape[-1]).to(self.probs.dtype)
+        return one_hot(sample_index(self.probs, generator), self.probs.shape[-1], self.probs.dtype)
 
     def mode(self) -> Tensor:
-        return F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype)
+        return one_hot(self.probs.argmax(-1), self.probs.shape[-1], self.probs.dtype)
 
     def log_prob(self, action: Tensor) -> Tensor:
         return (action * self.logp).sum(-1)

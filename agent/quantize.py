@@ -128,11 +128,17 @@ class Quantizer(nn.Module):
 
 
 def sample_index(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Categorical sample by inverse CDF: (..., K) -> (...).
+    """Categorical sample by inverse CDF: (..., K) -> (...), the number of CDF values below a uniform.
 
     Much faster than torch.multinomial on CPU (whose exponential_ dominated a training step here)."""
     u = torch.rand((*probs.shape[:-1], 1), generator=generator, device=probs.device, dtype=probs.dtype)
-    return (probs.cumsum(-1) < u).sum(-1).clamp_max(probs.shape[-1] - 1)
+    return torch.searchsorted(probs.cumsum(-1), u).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+def one_hot(index: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(...) int64 -> (..., classes) one-hot vectors. A scatter: F.one_hot also checks the indices'
+    range, which costs two reductions and two host syncs per call."""
+    return torch.zeros((*index.shape, classes), dtype=dtype, device=index.device).scatter_(-1, index.unsqueeze(-1), 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,7 +296,7 @@ def unimix_probs(logits: Tensor, unimix: float) -> tuple[Tensor, Tensor]:
 
 def categorical_st(probs: Tensor, index: Tensor) -> Tensor:
     """Straight-through categorical: one_hot(index) forward, gradient of probs (DreamerV3)."""
-    return straight_through(F.one_hot(index, probs.shape[-1]).to(probs.dtype), probs)
+    return straight_through(one_hot(index, probs.shape[-1], probs.dtype), probs)
 
 
 def gumbel_noise(shape, generator=None, device=None, dtype=torch.float32) -> Tensor:
@@ -307,7 +313,7 @@ def gumbel_st(logits: Tensor, noise: Tensor, tau: float) -> tuple[Tensor, Tensor
     perturbed = logits + noise
     index = perturbed.argmax(-1)
     soft = (perturbed / tau).softmax(-1)
-    return straight_through(F.one_hot(index, logits.shape[-1]).to(soft.dtype), soft), index
+    return straight_through(one_hot(index, logits.shape[-1], soft.dtype), soft), index
 
 
 def reinmax_st(logits: Tensor, index: Tensor, tau: float) -> Tensor:
@@ -317,7 +323,7 @@ def reinmax_st(logits: Tensor, index: Tensor, tau: float) -> Tensor:
     gradient is 2 J(p1) g - 1/2 J(p0) g with J(p) = diag(p) - p p^T (Heun's method where plain
     straight-through is Euler's). The forward value is D.
     """
-    sample = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    sample = one_hot(index, logits.shape[-1], logits.dtype)
     p0 = logits.softmax(-1)
     p1 = 0.5 * (sample + (logits / tau).softmax(-1))
     # softmax(sg(log p1 - logits) + logits) equals p1 and has the Jacobian J(p1) w.r.t. logits.
@@ -356,7 +362,7 @@ def gumbel_rao_st(logits: Tensor, index: Tensor, perturbed: Tensor, tau: float) 
     """
     noise = (perturbed - logits).detach()
     soft = ((logits + noise) / tau).softmax(-1).mean(0)
-    return straight_through(F.one_hot(index, logits.shape[-1]).to(soft.dtype), soft)
+    return straight_through(one_hot(index, logits.shape[-1], soft.dtype), soft)
 
 
 class Categorical(Quantizer):
@@ -388,7 +394,7 @@ class Categorical(Quantizer):
         return categorical_st(probs, index), index
 
     def codes(self, index):
-        return F.one_hot(index, self.input_shape[-1]).float()
+        return one_hot(index, self.input_shape[-1])
 
     def expected_code(self, probs):
         return probs
@@ -525,7 +531,7 @@ class VectorQuantizer(Quantizer):
         """One step of the usage EMA (and, with ema=True, of the codebook's averages) from all of a gradient
         step's assignments; entries whose usage fell below `dead_threshold` restart at random inputs."""
         flat, index = x.detach().float().reshape(-1, self.input_shape[-1]), index.reshape(-1)  # (N, D), (N,)
-        onehot = F.one_hot(index, self.alphabet[0]).to(flat.dtype)  # (N, C)
+        onehot = one_hot(index, self.alphabet[0], flat.dtype)  # (N, C)
         counts = onehot.sum(0)
         self.usage.lerp_(counts / counts.sum(), 1 - self.decay)
         if self.ema:

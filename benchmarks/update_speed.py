@@ -1,0 +1,107 @@
+"""Update time of two checkouts side by side: milliseconds per gradient update (world model + actor-critic),
+default preset, on CartPole-v1, MinAtar Breakout and pixel CartPole (64x64 frames).
+
+Each measurement runs in a process of its own with one torch thread: a fresh agent collects random
+steps, then `trainer.update()` runs `--warmup` times untimed and `--repeats` times timed (median).
+Checkouts alternate (A B A B ...) for `--rounds` rounds, so that drift of a shared machine hits both
+alike; the ratio is taken per round. The child uses only what every version of the project has had
+(make_config, Agent.from_config, Trainer(agent), collect(), update()), so an old commit can be
+measured by this script too:
+
+    git worktree add /tmp/before 11ea4f6
+    python benchmarks/update_speed.py --checkouts /tmp/before .
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = {  # name -> (env id, observation mode)
+    "cartpole": ("CartPole-v1", "state"),
+    "breakout": ("MinAtar/Breakout-v1", "state"),
+    "pixel-cartpole": ("CartPole-v1", "pixels"),
+}
+
+
+def child(env_id: str, obs: str, repeats: int, warmup: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from agent.agent import Agent
+    from agent.config import make_config
+    from agent.trainer import Trainer
+
+    config = make_config("default", {"obs": obs, "train.eval_every": 0}, env_id=env_id)
+    agent = Agent.from_config(config)
+    trainer = Trainer(agent)
+    for _ in range(max(config.train.seq_len * 2, 300)):
+        trainer.collect()
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        trainer.update()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times)}))
+
+
+def measure(checkout: Path, setting: str, args: argparse.Namespace) -> dict:
+    env_id, obs = SETTINGS[setting]
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve()), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, __file__, "--child", env_id, obs, "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup)]  # fmt: skip
+    result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkouts", type=Path, nargs=2, default=[Path("."), Path(".")], help="A (before) B (after)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/update-speed.json"))
+    parser.add_argument("--child", nargs=2, metavar=("ENV_ID", "OBS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.repeats, args.warmup)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.checkpoint import atomic_write_text
+
+    before, after = args.checkouts
+    rows = []
+    for setting in args.settings:
+        rounds = []
+        for _ in range(args.rounds):
+            a, b = measure(before, setting, args), measure(after, setting, args)
+            ratio = a["median_ms"] / b["median_ms"]
+            rounds.append({"before_ms": a["median_ms"], "after_ms": b["median_ms"], "ratio": ratio})
+            print(setting, rounds[-1], flush=True)
+        rows.append({"setting": setting, "env_id": SETTINGS[setting][0], "obs": SETTINGS[setting][1], "rounds": rounds,
+                     "before_ms": statistics.median(r["before_ms"] for r in rounds),
+                     "after_ms": statistics.median(r["after_ms"] for r in rounds),
+                     "speedup": statistics.median(r["ratio"] for r in rounds)})  # fmt: skip
+    table = Table(title=f"ms per update (world model + actor-critic), default preset, 1 thread: {before} vs {after}")
+    for column in ("setting", "before ms", "after ms", "speed-up (median of rounds)"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["setting"], f"{r['before_ms']:.1f}", f"{r['after_ms']:.1f}", f"{r['speedup']:.2f}x")
+    Console().print(table)
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}
+    atomic_write_text(args.out, json.dumps(payload, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
