@@ -80,6 +80,14 @@ def all_finite(*values: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.cat([v.detach().float().reshape(-1) for v in values])).all())
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A replay array on the device; to a GPU through pinned memory, so the copy does not block the host."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def set_threads(threads: int) -> None:
     """torch's intra-op thread count (0 leaves torch's default, one per core). Small models gain nothing
     from a second thread, and lose 10-20x when other work shares the cores (README: Threads)."""
@@ -278,7 +286,7 @@ class Trainer:
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         sample = self.replay.sample(cfg.train.batch, cfg.train.seq_len)
-        batch = {k: torch.as_tensor(v, device=device) for k, v in sample.items()}
+        batch = {k: to_device(v, device) for k, v in sample.items()}
 
         wm.quantizer.anneal(self.counters["env_steps"] / max(cfg.train.steps, 1))
         autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.model.precision == "bfloat16")
