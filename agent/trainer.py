@@ -401,11 +401,12 @@ class Trainer:
     @contextlib.contextmanager
     def interrupt_guard(self) -> Iterator[None]:
         """While training, a first Ctrl-C (SIGINT) asks the loop to stop at its next safe point, where it
-        writes a checkpoint; a second one aborts at once. Signals reach only the main thread."""
-        if threading.current_thread() is not threading.main_thread():
+        writes a checkpoint; a second one aborts at once. Signals reach only the main thread; a process
+        that ignores SIGINT (a background job) keeps ignoring it."""
+        previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+        if previous in (None, signal.SIG_IGN):  # not the main thread, or Ctrl-C is ignored (a background job)
             yield
             return
-        previous = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum: int, frame: Any) -> None:
             if self.stop_requested:
@@ -416,7 +417,7 @@ class Trainer:
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            signal.signal(signal.SIGINT, previous)
             self.stop_requested = False
 
     def stop(self) -> None:

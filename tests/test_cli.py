@@ -127,11 +127,17 @@ def test_a_failed_train_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def interactive_sigint() -> None:
+    """In the child: SIGINT as in a terminal, even when this test runs as a background job (which ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_in_a_subprocess(run: Path, steps: int) -> subprocess.Popen:
     """`agent train` of the tiny preset in a process of its own, once it has written its first metric line."""
     args = ["train", "--preset", "tiny", "--steps", str(steps), "--run-dir", str(run), "--quiet"]
     process = subprocess.Popen([sys.executable, "-c", "from cli import app; app()", *args], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=interactive_sigint)  # fmt: skip
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -131,7 +131,15 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_from_its_config(
     assert Agent.load(run, which="last").trained_env_steps == 150
 
 
-def test_ctrl_c_writes_a_checkpoint_and_stops_with_the_step(tmp_path):
+@pytest.fixture
+def interactive():
+    """SIGINT handled as in an interactive Python (a background job, such as a CI's, may ignore it)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_writes_a_checkpoint_and_stops_with_the_step(tmp_path, interactive):
     run = tmp_path / "run"
     trainer = Trainer.create("CartPole-v1", preset="tiny", run_dir=run, train={"steps": 400, "log_every": 50})
 
@@ -182,3 +190,14 @@ def test_metrics_record_the_recent_rate_policy_entropy_and_return_scale():
     trained = [line for line in lines if "loss/actor" in line]
     assert trained and all({"actor/entropy", "actor/return_scale"} <= set(line) for line in trained)
     assert json.dumps(lines)  # every value is JSON
+
+
+def test_a_background_job_that_ignores_ctrl_c_keeps_ignoring_it(tmp_path):
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = Trainer.create("CartPole-v1", preset="tiny", train={"steps": 150, "log_every": 50})
+        trainer.learn(on_log=lambda line: signal.raise_signal(signal.SIGINT))  # ignored: training goes on
+        assert trainer.counters["env_steps"] == 150
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
