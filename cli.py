@@ -45,7 +45,9 @@ def package_version() -> str:
     try:
         return version("stdreamer")
     except PackageNotFoundError:  # running from a checkout that is not installed
-        return "unknown"
+        from agent import __version__
+
+        return __version__
 
 
 def show_version(value: bool) -> None:
@@ -107,17 +109,6 @@ def user_errors(ctx: typer.Context):
         if code is None or debug:
             raise
         raise fail(str(error), code) from None
-
-
-def check_device(device: str) -> None:
-    import torch
-
-    from agent.config import ConfigError
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps: no MPS device is available")
 
 
 def check_positive(**values: float | None) -> None:
@@ -279,11 +270,12 @@ def train(
             given = [name for name, value in fixed.items() if value is not None]
             if given:
                 raise ConfigError(f"{', '.join(given)} cannot be given with --resume: the run keeps its own")
-            check_device(device or "cpu")
             trainer = Trainer.resume(resume, overrides, device=device)
             changes = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
             if trainer.restarted:
-                console.print(f"{resume} has no checkpoint yet: starting the run again from its config.json")
+                console.print(
+                    f"{escape(str(resume))} has no checkpoint yet: starting the run again from its config.json"
+                )
             else:
                 console.print(
                     f"resuming [cyan]{escape(str(resume))}[/] at env step {trainer.counters['env_steps']:,} "
@@ -294,7 +286,6 @@ def train(
                 preset or "default", overrides, env_id=env_id or "CartPole-v1", quantizer=quantizer or "categorical",
                 seed=seed or 0, device=device or "cpu",
             )  # fmt: skip
-            check_device(config.device)
             from agent import Agent
 
             trainer = Trainer(Agent.from_config(config), run_dir or default_run_dir(config.env_id, config.quantizer))
@@ -312,20 +303,31 @@ def run(trainer: Trainer, quiet: bool) -> None:
     if trainer.finished:
         console.print(
             f"nothing to do: {run_dir} has reached its {total:,} env steps; "
-            f"extend it with {resume_command(run_dir)} --steps N (N > {total:,})"
+            f"extend it with {resume_command(run_dir)} --steps N (N > {total:,})",
+            markup=False,
         )
         return
     console.print(f"[bold]{escape(config.env_id)}[/] · {config.quantizer} · seed {config.seed} · {total:,} env steps")
     console.print(f"run folder: [cyan]{escape(str(run_dir))}[/]")
+    last_eval: dict[str, Any] = {}
+
+    def logged(show: Any) -> Any:
+        def on_log(line: dict[str, Any]) -> None:
+            if "eval_return_mean" in line:
+                last_eval.update(line)
+            show(line)
+
+        return on_log
+
     try:
         if quiet:
-            trainer.learn(on_log=print_eval_line)
+            trainer.learn(on_log=logged(print_eval_line))
         elif not console.is_terminal:
-            trainer.learn(on_log=lambda line: console.print(plain_line(line, total), highlight=False))
+            trainer.learn(on_log=logged(lambda line: console.print(plain_line(line, total), highlight=False)))
         else:
             view = TrainView(trainer)
             with Live(view, console=console, refresh_per_second=4):
-                trainer.learn(on_log=view.on_log)
+                trainer.learn(on_log=logged(view.on_log))
     except TrainingInterrupted as stop:
         errors.print(
             f"interrupted at env step {stop.step:,}; checkpoint written. Resume with: {resume_command(run_dir)}",
@@ -337,7 +339,7 @@ def run(trainer: Trainer, quiet: bool) -> None:
         errors.print(f"aborted; the run keeps its last checkpoint. Resume with: {resume_command(run_dir)}",
                      highlight=False, markup=False)  # fmt: skip
         raise typer.Exit(130) from None
-    print_summary(trainer)
+    print_summary(trainer, last_eval)
 
 
 def print_eval_line(line: dict[str, Any]) -> None:
@@ -349,19 +351,17 @@ def print_eval_line(line: dict[str, Any]) -> None:
         )
 
 
-def print_summary(trainer: Trainer) -> None:
+def print_summary(trainer: Trainer, last_eval: dict[str, Any]) -> None:
     run_dir = trainer.run_dir
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [m for m in metrics if "eval_return_mean" in m]
     table = Table(title="summary", show_header=False)
     table.add_row("env steps", f"{trainer.counters['env_steps']:,}")
     table.add_row("updates", f"{trainer.counters['updates']:,}")
     table.add_row("episodes", f"{trainer.counters['episodes']:,}")
     table.add_row("wall-clock", f"{trainer.seconds():.1f} s")
-    if evals:
-        table.add_row("last eval return", f"{evals[-1]['eval_return_mean']:.1f}")
-        table.add_row("best eval return (confirmed)", f"{evals[-1]['eval_return_best']:.1f}")
-    table.add_row("run folder", str(run_dir))
+    if last_eval:
+        table.add_row("last eval return", f"{last_eval['eval_return_mean']:.1f}")
+        table.add_row("best eval return (confirmed)", f"{last_eval['eval_return_best']:.1f}")
+    table.add_row("run folder", escape(str(run_dir)))
     console.print(table)
     console.print(f"evaluate it with: [bold]agent eval {escape(shlex.quote(str(run_dir)))}[/]")
 
@@ -411,7 +411,6 @@ def load_agent(run_dir: Path, checkpoint: str, device: str, threads: int) -> Age
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     set_threads(threads)
-    check_device(device)
     return Agent.load(run_dir, which=checkpoint, device=device)
 
 
@@ -445,7 +444,7 @@ def evaluate(
         print(json.dumps(result))
         return
     print_checkpoint(agent)
-    table = Table(title=f"{result['env_id']}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}")
+    table = Table(title=f"{escape(result['env_id'])}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}")
     for column in ("mean return", "std", "min", "max", "mean length"):
         table.add_column(column, justify="right")
     table.add_row(

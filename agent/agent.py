@@ -17,7 +17,7 @@ from torch import Tensor
 import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
-from agent.config import Config, flatten, from_dict, make_config
+from agent.config import Config, ConfigError, flatten, from_dict, make_config
 from agent.world_model import Latent, WorldModel
 
 CHECKPOINT_NAMES = ("best", "last")
@@ -46,8 +46,9 @@ class Agent:
         self.config = config
         self.obs_shape, self.action_dim, self.discrete = tuple(obs_shape), action_dim, discrete
         self.device = torch.device(config.device)
-        # the weights are initialised from the config's seed without touching the caller's global RNG
-        with torch.random.fork_rng(devices=[]):
+        check_device(self.device)
+        # the weights are initialised from the config's seed without touching the caller's RNGs
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             quantizer = quantize.make(config.quantizer, **config.quantizer_options)
             self.world_model = WorldModel(obs_shape, action_dim, config.model, quantizer).to(self.device)
@@ -161,6 +162,12 @@ class Agent:
             config = from_dict(meta["config"])
             if device is not None:
                 config.device = device
+        except (KeyError, ValueError, TypeError) as error:
+            raise checkpoint.CheckpointError(
+                f"{file}: its config is not this version's ({envs.first_line(error)})"
+            ) from None
+        check_device(torch.device(config.device))  # a checkpoint from a GPU machine, opened on another
+        try:
             agent = cls(config, tuple(meta["obs_shape"]), int(meta["action_dim"]), bool(meta["discrete"]))
             split: dict[str, dict[str, Tensor]] = {"world_model": {}, "actor_critic": {}}  # others: training state
             for key, value in tensors.items():
@@ -170,8 +177,9 @@ class Agent:
             agent.world_model.load_state_dict(split["world_model"])
             agent.actor_critic.load_state_dict(split["actor_critic"])
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
-            reason = str(error).splitlines()[0]
-            raise checkpoint.CheckpointError(f"{file}: does not match this version of the agent ({reason})") from None
+            raise checkpoint.CheckpointError(
+                f"{file}: does not match this version of the agent ({envs.first_line(error)})"
+            ) from None
         agent.check_env(file)
         agent.loaded_from = file
         agent.trained_env_steps = int(meta.get("counters", {}).get("env_steps", 0))
@@ -186,6 +194,14 @@ class Agent:
                 f"{file}: {self.config.env_id} has observations of shape {obs_shape} and {action_dim} {kind} "
                 f"actions, but the checkpoint was made for {self.obs_shape} and {self.action_dim}"
             )
+
+
+def check_device(device: torch.device) -> None:
+    """ConfigError unless this machine has the device (a run or checkpoint may come from another one)."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: no CUDA device is available here (torch {torch.__version__}); use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device}: no MPS device is available here; use cpu")
 
 
 def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:

@@ -16,6 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from envs import first_line
+
 FORMAT = "stdreamer-checkpoint-1"
 TEMP_MARK = ".tmp-"  # in the names of files being written: .<name>.tmp-<random><suffix>
 
@@ -54,7 +56,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any])
         try:
             save_file(tensors, tmp, metadata=header)
         except SafetensorError as error:  # e.g. a full disk: an OSError, with the reason on one line
-            raise OSError(f"{path}: cannot write the checkpoint ({str(error).splitlines()[0]})") from None
+            raise OSError(f"{path}: cannot write the checkpoint ({first_line(error)})") from None
 
     atomic_write(path, write)
 
@@ -82,6 +84,5 @@ def _read(path: Path, device: str, tensors: bool) -> tuple[dict[str, torch.Tenso
     except CheckpointError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({first_line(error)})") from None
     return data, meta

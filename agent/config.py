@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from agent import quantize
 
 
@@ -242,7 +244,11 @@ def set_value(config: Config, key: str, value: Any) -> None:
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's one-line doc: the comment that follows it in this file."""
     docs = {}
-    for line in inspect.getsource(cls).splitlines():
+    try:
+        source = inspect.getsource(cls)
+    except OSError:  # installed without its .py sources
+        return docs
+    for line in source.splitlines():
         match = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
         if match:
             docs[match.group(1)] = match.group(2)
@@ -321,7 +327,8 @@ def validate(config: Config) -> None:
     if config.quantizer not in quantize.QUANTIZERS:
         raise ConfigError(f"quantizer: unknown {config.quantizer!r}; choose one of: {', '.join(quantize.QUANTIZERS)}")
     try:
-        quantizer = quantize.make(config.quantizer, **config.quantizer_options)
+        with torch.random.fork_rng(devices=[]):  # building one (VQ's codebook) draws random numbers
+            quantizer = quantize.make(config.quantizer, **config.quantizer_options)
     except ValueError as error:
         raise ConfigError(f"quantizer_options: {error}") from None
     prior_size = quantizer.units * max(quantizer.alphabet)

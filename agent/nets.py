@@ -93,16 +93,6 @@ def twohot_weights(x: Tensor, bins: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return lower, upper, (x - low) / (high - low)
 
 
-def twohot(x: Tensor, bins: Tensor) -> Tensor:
-    """Two-hot encoding of x (...,) over sorted bins (K,) -> (..., K): the weight is split between the
-    two nearest bins so that the encoding's expected bin value is exactly x (inside the range)."""
-    lower, upper, w_upper = twohot_weights(x, bins)
-    out = torch.zeros((*x.shape, len(bins)), dtype=w_upper.dtype, device=x.device)
-    return out.scatter(-1, lower.unsqueeze(-1), (1 - w_upper).unsqueeze(-1)).scatter(
-        -1, upper.unsqueeze(-1), w_upper.unsqueeze(-1)
-    )
-
-
 class TwoHot:
     """A categorical over fixed bins in symlog space, trained with two-hot targets (DreamerV3's
     reward and critic heads): robust to the scale of rewards and returns."""

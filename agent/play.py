@@ -91,5 +91,5 @@ def frame_of(env: gym.Env, obs: np.ndarray) -> np.ndarray:
     if frame is not None:
         return upscale(to_rgb(frame))
     if np.ndim(obs) != 3:
-        raise RenderError(f"{env.spec.id if env.spec else env}: cannot render rgb_array frames")
+        raise RenderError(f"{envs.env_name(env)}: cannot render rgb_array frames")
     return upscale(obs_to_rgb(obs))

@@ -47,6 +47,15 @@ def check_writable(path: Path) -> None:
         raise RunFolderError(f"cannot write to the run folder {path}: {existing} is not writable")
 
 
+def check_empty(path: Path) -> None:
+    """RunFolderError unless `path` is missing or empty (but for a lock file): a new run's folder."""
+    others = {p.name for p in path.iterdir()} - {".lock"} if path.is_dir() else set()
+    if "config.json" in others:
+        raise RunFolderError(f"{path} already holds a run; resume it with --resume {path}, or choose another folder")
+    if others:
+        raise RunFolderError(f"{path} is not empty and holds no run; choose a new or empty folder")
+
+
 class RunFolder:
     """An open run folder (see the module's docstring). new=True: the folder must not hold a run yet
     (it is created); new=False: it must hold one (resume). Close it, or use it as a context manager."""
@@ -55,10 +64,7 @@ class RunFolder:
         self.path = Path(path)
         if new:
             check_writable(self.path)
-            if (self.path / "config.json").exists():
-                raise RunFolderError(
-                    f"{self.path} already holds a run; resume it with --resume {self.path}, or choose another folder"
-                )
+            check_empty(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
         elif not (self.path / "config.json").is_file():
             what = "no such folder" if not self.path.exists() else "not a run folder (no config.json)"
@@ -69,11 +75,15 @@ class RunFolder:
         except BlockingIOError:
             self._lock.close()
             raise RunFolderError(f"{self.path} is in use by another training process (or another Trainer)") from None
-        if new and (self.path / "config.json").exists():  # created by another process since the check above
-            self.close()
-            raise RunFolderError(f"{self.path} already holds a run")
-        for leftover in self.path.rglob(f".*{TEMP_MARK}*"):  # temporary files of writes a crash interrupted
-            leftover.unlink()
+        if new:  # again under the lock: another trainer may have created it since
+            try:
+                check_empty(self.path)
+            except RunFolderError:
+                self.close()
+                raise
+        for folder in (self.path, self.path / "checkpoints", self.replay):  # a crash's temporary files
+            for leftover in folder.glob(f".*{TEMP_MARK}*"):
+                leftover.unlink()
 
     def __enter__(self) -> RunFolder:
         return self
@@ -123,8 +133,9 @@ class RunFolder:
         atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))
 
     def clear_progress(self) -> None:
-        """Forget what a run wrote before its first checkpoint (its metrics and replay chunks), so that it
-        can start again from its config."""
+        """Forget what a run wrote before its first `last` checkpoint (metrics, replay chunks, a `best`
+        checkpoint), so that it can start again from its config."""
         self.metrics.unlink(missing_ok=True)
+        self.checkpoint("best").unlink(missing_ok=True)
         for chunk in self.replay.glob("*.npz"):
             chunk.unlink()

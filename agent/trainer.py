@@ -49,9 +49,9 @@ class TrainingError(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped at a user's Ctrl-C, after writing a checkpoint (when it has a run folder)."""
 
-    def __init__(self, step: int, run_dir: Path | None):
+    def __init__(self, step: int):
         super().__init__(f"interrupted at env step {step:,}")
-        self.step, self.run_dir = step, run_dir
+        self.step = step
 
 
 def optimizer_state(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -81,7 +81,7 @@ def all_finite(*values: torch.Tensor) -> bool:
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A replay array on the device; to a GPU through pinned memory, so the copy does not block the host."""
+    """A replay array on the device; to a GPU through pinned memory, so the device copy runs asynchronously."""
     tensor = torch.from_numpy(array)
     if device.type != "cuda":
         return tensor
@@ -141,11 +141,18 @@ class Trainer:
         self.last_log = (0.0, 0)  # (seconds, env steps) at the previous log line
         self.eval_envs: dict[int, gym.vector.VectorEnv] = {}
         self.stop_requested = False
-        self.start_episodes(cfg.seed)
-        self.run = run_dir if isinstance(run_dir, RunFolder) or run_dir is None else RunFolder(run_dir, new=True)
-        if self.run is not None:
-            self.run.write_config(cfg.to_json())
-            self.replay.persist(self.run.replay)
+        self.run: RunFolder | None = None
+        try:
+            self.start_episodes(cfg.seed)
+            self.run = run_dir if isinstance(run_dir, RunFolder) or run_dir is None else RunFolder(run_dir, new=True)
+            if self.run is not None:
+                self.run.write_config(cfg.to_json())
+                self.replay.persist(self.run.replay)
+        except BaseException:
+            self.env.close()  # a run folder opened here is released here; one passed in, by its caller
+            if self.run is not None and not isinstance(run_dir, RunFolder):
+                self.run.close()
+            raise
 
     @classmethod
     def create(
@@ -187,7 +194,6 @@ class Trainer:
                     raise RunFolderError(f"{run.path / 'config.json'}: {error}") from None
                 if device is not None:
                     config.device = device
-                run.clear_progress()
                 agent, tensors, meta = Agent.from_config(config), None, None
             for key, value in (overrides or {}).items():
                 set_value(agent.config, key, value)
@@ -198,6 +204,8 @@ class Trainer:
                     f"train.steps ({agent.config.train.steps:,}) is below the run's env steps ({done:,}); "
                     "give a larger total"
                 )
+            if meta is None:
+                run.clear_progress()
             trainer = cls(agent, run)
         except BaseException:
             run.close()
@@ -214,12 +222,13 @@ class Trainer:
 
     def close(self) -> None:
         """Close the environments and release the run folder."""
-        self.env.close()
-        for env in self.eval_envs.values():
-            env.close()
-        self.eval_envs.clear()
-        if self.run is not None:
-            self.run.close()
+        try:
+            for env in [self.env, *self.eval_envs.values()]:
+                env.close()
+            self.eval_envs.clear()
+        finally:
+            if self.run is not None:
+                self.run.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -280,9 +289,10 @@ class Trainer:
     # --- updates ------------------------------------------------------------------------------------
 
     def update(self) -> dict[str, torch.Tensor] | None:
-        """One gradient step of the world model, then of the actor and the critic. A part whose losses or
-        gradients are not finite is skipped whole (no optimiser step, no statistics committed) and
-        counted; returns None then."""
+        """One gradient step of the world model, the actor and the critic (DreamerV3's order: imagination
+        starts from this batch's posterior, under the world model the batch was scored with). If any
+        loss or gradient norm is not finite, the step is skipped whole: no optimiser steps, no
+        statistics committed; it is counted and None is returned. One host sync per update."""
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         sample = self.replay.sample(cfg.train.batch, cfg.train.seq_len)
@@ -295,10 +305,6 @@ class Trainer:
         self.optimizers["wm"].zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
-        if not all_finite(wm_loss, wm_norm):
-            return self.reject_update()
-        self.optimizers["wm"].step()
-        wm.quantizer.update(post.inputs, post.index, self.generator)
 
         start = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))  # (N, ...)
         start_cont = 1.0 - batch["is_terminal"].flatten().float()
@@ -317,10 +323,11 @@ class Trainer:
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.actor_critic.grad_clip))
-        if not all_finite(actor_loss, critic_loss, return_stats, *norms):
+        if not all_finite(wm_loss, wm_norm, actor_loss, critic_loss, return_stats, *norms):
             return self.reject_update()
-        self.optimizers["actor"].step()
-        self.optimizers["critic"].step()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        wm.quantizer.update(post.inputs, post.index, self.generator)
         ac.return_norm.commit(return_stats)
         ac.update_slow_critic()
         self.nonfinite["in_a_row"] = 0
@@ -375,11 +382,11 @@ class Trainer:
                     now = counters["env_steps"]
                     if now >= t.prefill and self.replay.count >= t.seq_len:
                         while counters["updates"] < now * t.train_ratio / replayed and not self.stop_requested:
-                            for key, value in (self.update() or {}).items():
-                                self.sums[key] = self.sums[key] + value  # tensors: one read per log line
-                            self.sum_count += 1
-                    if self.stop_requested:
-                        self.stop()
+                            metrics = self.update()
+                            if metrics is not None:
+                                for key, value in metrics.items():
+                                    self.sums[key] = self.sums[key] + value  # tensors: one read per log line
+                                self.sum_count += 1
                     done = now >= target
                     evaluation = None
                     if next_eval is not None and (now >= next_eval or done):
@@ -393,6 +400,8 @@ class Trainer:
                     if done or (next_checkpoint is not None and now >= next_checkpoint):
                         next_checkpoint = next_due(now, t.checkpoint_every)
                         self.save("last", evaluation)
+                    if self.stop_requested:  # after what was due at this step, so a resume misses nothing
+                        self.stop()
         finally:
             # a later learn() call continues the clock from here (time between calls is not training)
             self.seconds_before, self.start_time = self.seconds(), time.perf_counter()
@@ -423,7 +432,7 @@ class Trainer:
     def stop(self) -> None:
         """Write a checkpoint of where training is and end it with TrainingInterrupted."""
         self.save("last")
-        raise TrainingInterrupted(self.counters["env_steps"], self.run_dir)
+        raise TrainingInterrupted(self.counters["env_steps"])
 
     def evaluate_and_keep_best(self) -> dict[str, Any]:
         """Evaluate on fresh seeds (never those of training or of earlier evaluations). A policy that
@@ -508,6 +517,7 @@ class Trainer:
                 "nonfinite_updates": self.nonfinite["total"],
                 "seconds": self.seconds(),
                 "resumes": self.resumes,
+                "device": self.agent.device.type,
             }
         self.agent.save(self.run.checkpoint(name), extra, tensors)
 
@@ -519,8 +529,13 @@ class Trainer:
             self.counters.update({k: int(meta["counters"][k]) for k in self.counters})
             for key, optimizer in self.optimizers.items():
                 load_optimizer_state(f"optimizer.{key}", optimizer, tensors, training["optimizer_groups"][key])
-            self.agent.generator.set_state(tensors["rng.act"])
-            self.generator.set_state(tensors["rng.train"])
+            if training.get("device", "cpu") == self.agent.device.type:
+                self.agent.generator.set_state(tensors["rng.act"])
+                self.generator.set_state(tensors["rng.train"])
+            else:  # a run moved to another kind of device: its generators' states do not carry over
+                seed = self.agent.config.seed + 7_919 * (training["resumes"] + 1)
+                self.agent.generator.manual_seed(seed)
+                self.generator.manual_seed(seed + 1)
             self.rng.bit_generator.state = training["numpy_rng"]
             self.replay.rng.bit_generator.state = training["replay_rng"]
             self.best_eval = training["best_eval"] if training["best_eval"] is not None else -np.inf

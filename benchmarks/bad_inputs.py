@@ -126,6 +126,7 @@ def run_case(args: list[str]) -> tuple[int, str]:
 
 def main() -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from agent.checkpoint import atomic_write_text
@@ -137,7 +138,7 @@ def main() -> None:
         for args, code, message in cases(run, Path(folder)):
             got, output = run_case(args)
             lines = output.strip().splitlines()
-            shown = lines[0] if code else lines[-1]
+            shown = lines[0] if code else " ".join(line.strip() for line in lines)
             records.append({"args": [a.replace(folder, "<tmp>") for a in args], "expected_exit": code,
                             "exit": got, "lines": len(lines), "message": shown.replace(folder, "<tmp>"),
                             "ok": got == code and message in output and "Traceback" not in output})  # fmt: skip
@@ -145,7 +146,7 @@ def main() -> None:
     for column in ("agent ...", "exit", "message"):
         table.add_column(column)
     for r in records:
-        table.add_row(" ".join(r["args"]), str(r["exit"]) + ("" if r["ok"] else " (!)"), r["message"])
+        table.add_row(escape(" ".join(r["args"])), str(r["exit"]) + ("" if r["ok"] else " (!)"), escape(r["message"]))
     Console(width=200).print(table)
     out = Path("benchmarks/results/bad-inputs.json")
     atomic_write_text(out, json.dumps(records, indent=1))

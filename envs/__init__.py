@@ -27,6 +27,10 @@ import importlib
 import logging
 import math
 import os
+import signal
+import sys
+import threading
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -98,6 +102,8 @@ def registered_id(env_id: str) -> str:
     if sep:
         if not module or not name:
             raise EnvError(f"{env_id!r}: expected module:EnvId")
+        if os.getcwd() not in sys.path:  # a module beside the user, as `python -m` would find it
+            sys.path.append(os.getcwd())
         try:
             importlib.import_module(module)
         except ImportError as error:
@@ -116,6 +122,11 @@ def registered_id(env_id: str) -> str:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry for the ids"
         raise EnvError(f"unknown environment {env_id!r}{hint}")
     return name
+
+
+def env_name(env: gym.Env) -> str:
+    """The id an env was made from, for messages."""
+    return env.spec.id if env.spec is not None else str(env)
 
 
 def has_display() -> bool:
@@ -177,15 +188,12 @@ class PixelObservation(gym.ObservationWrapper):
         try:
             frame = self.env.render()
         except Exception as error:  # third-party renderers fail in many ways (MinAtar's needs seaborn)
-            raise EnvError(f"{self.spec_id()}: cannot render rgb_array frames for pixel observations "
+            raise EnvError(f"{env_name(self.env)}: cannot render rgb_array frames for pixel observations "
                            f"({type(error).__name__}: {first_line(error)}){self.hint()}") from None  # fmt: skip
         if frame is None or np.ndim(frame) != 3:
-            raise EnvError(f"{self.spec_id()}: renders no rgb_array frames for pixel observations{self.hint()}")
+            raise EnvError(f"{env_name(self.env)}: renders no rgb_array frames for pixel observations{self.hint()}")
         self.frame = np.asarray(frame)
         return resize(self.frame, self.size).transpose(2, 0, 1)
-
-    def spec_id(self) -> str:
-        return self.env.spec.id if self.env.spec is not None else str(self.env)
 
     def hint(self) -> str:
         own = self.env.observation_space
@@ -218,16 +226,20 @@ def make(env_id: str, render_mode: str | None = None, obs: str = "state", size: 
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders frames without a screen
     if render_mode is not None:  # passed only when asked for: custom envs often take no render_mode
         options["render_mode"] = render_mode
-    try:
-        env = gym.make(name, **options)
-    except (ImportError, gym.error.DependencyNotInstalled) as error:
-        raise EnvError(f"{env_id}: a dependency is missing: {first_line(error)}") from None
-    except Exception as error:  # a third-party env may fail in any way while it is made
-        raise EnvError(f"{env_id}: cannot be made: {type(error).__name__}: {first_line(error)}") from None
-    if obs == "pixels":
-        env = PixelObservation(env, size)
-        env.reset(seed=0)  # renders a first frame: fails here, with EnvError, if the env cannot
-    elif isinstance(env.observation_space, gym.spaces.Dict):
+    # gymnasium's warnings while an env is made and probed (deprecated versions, its passive checker) would
+    # break the one-line errors and clutter every command; the env's own warnings while it runs still show
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            env = gym.make(name, **options)
+        except (ImportError, gym.error.DependencyNotInstalled) as error:
+            raise EnvError(f"{env_id}: a dependency is missing: {first_line(error)}") from None
+        except Exception as error:  # a third-party env may fail in any way while it is made
+            raise EnvError(f"{env_id}: cannot be made: {type(error).__name__}: {first_line(error)}") from None
+        if obs == "pixels":
+            env = PixelObservation(env, size)
+            env.reset(seed=0)  # renders a first frame: fails here, with EnvError, if the env cannot
+    if obs != "pixels" and isinstance(env.observation_space, gym.spaces.Dict):
         env = FlattenDict(env, env_id)
     check_spaces(env_id, env.observation_space, env.action_space)
     if isinstance(env.action_space, gym.spaces.Box):
@@ -247,7 +259,15 @@ def make_vector(env_id: str, num_envs: int, mode: str = "sync", **options) -> gy
     make(env_id, **options).close()  # fail fast, in this process, with a clear message
     thunks = [lambda: make(env_id, **options) for _ in range(num_envs)]
     if mode == "async":
-        return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        # the workers ignore Ctrl-C (the terminal sends it to the whole process group): the trainer in the
+        # main process decides what a Ctrl-C does, and needs its workers alive to do it
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
     if mode == "sync":
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     raise EnvError(f"vector mode must be sync or async, got {mode!r}")

@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import envs
 from agent import quantize
 from agent.behavior import ActorCritic, lambda_return
 from agent.config import make_config
-from agent.nets import TwoHot, symexp, symlog, symlog_bins, twohot
+from agent.nets import TwoHot, symexp, symlog, symlog_bins, twohot_weights
 from agent.world_model import Latent, WorldModel
 
 
@@ -57,6 +58,12 @@ def test_symlog_and_symexp_invert_each_other():
     assert symlog(torch.tensor(math.e - 1)).item() == pytest.approx(1.0)
 
 
+def twohot(x, bins):
+    """The dense two-hot encoding (..., K) that twohot_weights describes."""
+    lower, upper, w_upper = twohot_weights(x, bins)
+    return F.one_hot(lower, len(bins)) * (1 - w_upper)[..., None] + F.one_hot(upper, len(bins)) * w_upper[..., None]
+
+
 def test_twohot_round_trips_and_splits_weight_between_the_two_nearest_bins():
     bins = symlog_bins(41, 20.0)  # spacing 1
     x = torch.tensor([-19.99, -3.25, 0.0, 0.4, 12.75, 20.0])
@@ -68,6 +75,10 @@ def test_twohot_round_trips_and_splits_weight_between_the_two_nearest_bins():
     # a head whose logits are the log of an encoding predicts its value back (in symexp space)
     dist = TwoHot(twohot(symlog(torch.tensor([3.0, -150.0])), bins).clamp_min(1e-12).log(), bins)
     assert torch.allclose(dist.mean(), torch.tensor([3.0, -150.0]), rtol=1e-4)
+    # its log-probability of a target is the cross-entropy with the target's two-hot encoding
+    logits, target = torch.randn(5, 41, generator=gen(0)), torch.tensor([-300.0, -2.0, 0.0, 0.7, 1e4])
+    dense = (twohot(symlog(target), bins) * logits.log_softmax(-1)).sum(-1)
+    assert torch.allclose(TwoHot(logits, bins).log_prob(target), dense, atol=1e-6)
 
 
 # --- lambda-returns -----------------------------------------------------------------------------------
