@@ -276,7 +276,7 @@ def train(
                 console.print(
                     f"{escape(str(resume))} has no checkpoint yet: starting the run again from its config.json"
                 )
-            else:
+            elif not trainer.finished:
                 console.print(
                     f"resuming [cyan]{escape(str(resume))}[/] at env step {trainer.counters['env_steps']:,} "
                     f"(update {trainer.counters['updates']:,}); changes: {escape(changes)}"
