@@ -18,6 +18,7 @@ import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
 from agent.config import Config, ConfigError, flatten, from_dict, make_config
+from agent.nets import use_bf16
 from agent.world_model import Latent, WorldModel
 
 CHECKPOINT_NAMES = ("best", "last")
@@ -51,10 +52,11 @@ class Agent:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             quantizer = quantize.make(config.quantizer, **config.quantizer_options)
-            self.world_model = WorldModel(obs_shape, action_dim, config.model, quantizer).to(self.device)
+            bf16 = use_bf16(config.model.precision, self.device)
+            self.world_model = WorldModel(obs_shape, action_dim, config.model, quantizer, bf16).to(self.device)
             feat_dim = config.model.deter + quantizer.code_size
             self.actor_critic = ActorCritic(
-                feat_dim, action_dim, discrete, config.actor_critic, config.model.hidden, config.model.layers
+                feat_dim, action_dim, discrete, config.actor_critic, config.model.hidden, config.model.layers, bf16
             ).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # for sampled actions
         self.loaded_from: Path | None = None  # the checkpoint file, for agents made by `load`

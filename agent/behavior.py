@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from agent.config import ActorCriticConfig
-from agent.nets import MLP, BoundedNormal, OneHotPolicy, TwoHot, symlog_bins
+from agent.nets import MLP, BoundedNormal, OneHotPolicy, TwoHot, batched_precision, symlog_bins
 from agent.world_model import Latent, WorldModel
 
 
@@ -81,10 +81,18 @@ class ReturnNorm(nn.Module):
 
 class ActorCritic(nn.Module):
     def __init__(
-        self, feat_dim: int, action_dim: int, discrete: bool, cfg: ActorCriticConfig, hidden: int, layers: int
+        self,
+        feat_dim: int,
+        action_dim: int,
+        discrete: bool,
+        cfg: ActorCriticConfig,
+        hidden: int,
+        layers: int,
+        bf16: bool = False,
     ):
         super().__init__()
         self.cfg, self.discrete = cfg, discrete
+        self.bf16 = bf16  # bfloat16 products in the heads over all imagined states (nets.batched_precision)
         self.actor = MLP(feat_dim, action_dim if discrete else 2 * action_dim, hidden, layers)
         self.critic = MLP(feat_dim, cfg.critic_bins, hidden, layers, zero_out=True)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -122,17 +130,20 @@ class ActorCritic(nn.Module):
         1 - is_terminal of the real start states, whose trajectories carry no weight when they are terminal.
         The return statistics are for `return_norm.commit` once the update is known to be finite."""
         cfg = self.cfg
-        with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):  # REINFORCE needs no graph here
-            reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
-            cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)
-        critic_logits = self.critic(feats)  # (H + 1, N, bins): one pass serves returns and critic loss
+        with batched_precision(feats.device, self.bf16):  # the heads over every imagined state
+            with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):  # REINFORCE needs no graph
+                reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
+                cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)
+            critic_logits = self.critic(feats).float()  # (H + 1, N, bins): one pass for returns and critic loss
+            policy = self.policy(feats[:-1] if self.backprop else feats[:-1].detach())
+            with torch.no_grad():
+                slow_target = self.value(feats[:-1], slow=True).mean()
         value = TwoHot(critic_logits, self.critic_grid).mean()  # (H + 1, N)
         returns = lambda_return(reward, cont, value, cfg.gamma, cfg.lam)  # (H, N)
         weight = trajectory_weights(start_cont, cont, cfg.gamma)  # (H, N)
 
         return_stats = self.return_norm.statistics(returns)
         scale = self.return_norm.scale(return_stats)
-        policy = self.policy(feats[:-1] if self.backprop else feats[:-1].detach())
         entropy = policy.entropy()
         if self.backprop:
             objective = returns / scale
@@ -143,8 +154,6 @@ class ActorCritic(nn.Module):
 
         # The critic's own loss: only the critic's parameters are updated with it (see trainer).
         dist = TwoHot(critic_logits[:-1], self.critic_grid)
-        with torch.no_grad():
-            slow_target = self.value(feats[:-1], slow=True).mean()
         critic_loss = -(
             weight * (dist.log_prob(returns.detach()) + cfg.slow_critic_reg * dist.log_prob(slow_target))
         ).mean()

@@ -41,7 +41,9 @@ class ModelConfig:
     lr: float = 3e-4  # Adam learning rate
     eps: float = 1e-8  # Adam epsilon
     grad_clip: float = 1000.0  # global gradient-norm clip
-    precision: str = "float32"  # float32, or bfloat16: autocast of the update's forward passes (for GPUs)
+    # bfloat16 products in the batched parts (encoder, decoder, heads), the recurrent steps in float32;
+    # auto: where the hardware multiplies bfloat16 natively (CPUs with AMX or AVX512-BF16, most GPUs)
+    precision: str = "auto"  # auto | float32 | bfloat16
 
 
 @dataclass
@@ -141,7 +143,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.log_every": 50,
     },
     # sheeprl's DreamerV3-XS layout, for speed comparisons (with quantizer_options groups=classes=32).
+    # Its large matrix products gain from every core (threads 0), unlike the CPU default's small ones.
     "xs": {
+        "threads": 0,
         "model.deter": 256,
         "model.hidden": 256,
         "model.reward_bins": 255,
@@ -150,8 +154,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.batch": 16,
         "train.seq_len": 64,
     },
-    # Wider networks for a GPU.
+    # Wider networks for a GPU (or many cores: threads 0 is torch's default, one per core).
     "large": {
+        "threads": 0,
         "model.deter": 512,
         "model.hidden": 512,
         "model.layers": 2,
@@ -371,8 +376,8 @@ def validate(config: Config) -> None:
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")
-    if m.precision not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.precision must be float32 or bfloat16, got {m.precision!r}")
+    if m.precision not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"model.precision must be auto, float32 or bfloat16, got {m.precision!r}")
     if t.vector not in ("sync", "async"):
         raise ConfigError(f"train.vector must be sync or async, got {t.vector!r}")
     if config.obs not in ("state", "pixels"):

@@ -9,12 +9,39 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.quantize import one_hot, sample_index, unimix_probs
+
+
+def batched_precision(device: torch.device, bf16: bool):
+    """bfloat16 matrix products and convolutions (torch.autocast) for the batched parts of an update: the
+    encoder, the decoder and the heads over every replayed or imagined state. Their outputs go to the
+    output distributions, which compute in float32. The recurrent steps stay in float32: at their
+    batch sizes bf16 is no faster, and their rounding errors would compound over time."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16, Linux's flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """model.precision resolved for a device: auto is bfloat16 where the hardware has it natively."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -98,7 +125,7 @@ class TwoHot:
     reward and critic heads): robust to the scale of rewards and returns."""
 
     def __init__(self, logits: Tensor, bins: Tensor):
-        self.logits, self.bins = logits, bins
+        self.logits, self.bins = logits.float(), bins
 
     def mean(self) -> Tensor:
         return symexp(self.logits.softmax(-1) @ self.bins)
@@ -120,7 +147,7 @@ class Bernoulli:
     """Binary outcome from a logit, e.g. continuation (1 - terminal)."""
 
     def __init__(self, logits: Tensor):
-        self.logits = logits
+        self.logits = logits.float()
 
     def mean(self) -> Tensor:
         return torch.sigmoid(self.logits)
@@ -133,7 +160,7 @@ class SymlogMSE:
     """Vector prediction in symlog space: log_prob is minus the squared error summed over dims."""
 
     def __init__(self, pred: Tensor):
-        self.pred = pred
+        self.pred = pred.float()
 
     def mean(self) -> Tensor:
         return symexp(self.pred)
@@ -252,7 +279,7 @@ class ImageMSE:
     """Image prediction in [-0.5, 0.5]: log_prob is minus the squared error summed over pixels."""
 
     def __init__(self, pred: Tensor):
-        self.pred = pred
+        self.pred = pred.float()
 
     def mean(self) -> Tensor:
         return ((self.pred + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)

@@ -132,7 +132,7 @@ def sample_index(probs: Tensor, generator: torch.Generator | None = None) -> Ten
 
     Much faster than torch.multinomial on CPU (whose exponential_ dominated a training step here)."""
     u = torch.rand((*probs.shape[:-1], 1), generator=generator, device=probs.device, dtype=probs.dtype)
-    return torch.searchsorted(probs.cumsum(-1), u).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    return (probs.cumsum(-1) < u).sum(-1).clamp_max(probs.shape[-1] - 1)
 
 
 def one_hot(index: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -299,9 +299,7 @@ class Trainer:
         batch = {k: to_device(v, device) for k, v in sample.items()}
 
         wm.quantizer.anneal(self.counters["env_steps"] / max(cfg.train.steps, 1))
-        autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.model.precision == "bfloat16")
-        with autocast:
-            wm_loss, terms, post = wm.loss(batch, self.generator)
+        wm_loss, terms, post = wm.loss(batch, self.generator)
         self.optimizers["wm"].zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
@@ -311,9 +309,8 @@ class Trainer:
         if 0 < cfg.actor_critic.starts < len(start_cont):
             pick = torch.randperm(len(start_cont), generator=self.generator, device=device)[: cfg.actor_critic.starts]
             start, start_cont = Latent(start.deter[pick], start.code[pick]), start_cont[pick]
-        with autocast:
-            feats, actions = ac.imagine(wm, start, self.generator)
-            actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
+        feats, actions = ac.imagine(wm, start, self.generator)
+        actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
         # each loss reaches only its own network's parameters
         actor_params, critic_params = list(ac.actor.parameters()), list(ac.critic.parameters())
         actor_grads = torch.autograd.grad(actor_loss, actor_params, retain_graph=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.config import ModelConfig
-from agent.nets import MLP, Bernoulli, GRUCell, TwoHot, layer, make_codec, symlog_bins
+from agent.nets import MLP, Bernoulli, GRUCell, TwoHot, batched_precision, layer, make_codec, symlog_bins
 from agent.quantize import Quantizer
 
 
@@ -54,9 +54,12 @@ class Posterior:
 
 
 class WorldModel(nn.Module):
-    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: ModelConfig, quantizer: Quantizer):
+    def __init__(
+        self, obs_shape: tuple[int, ...], action_dim: int, cfg: ModelConfig, quantizer: Quantizer, bf16: bool = False
+    ):
         super().__init__()
         self.cfg, self.quantizer = cfg, quantizer
+        self.bf16 = bf16  # bfloat16 products in the batched parts (see nets.batched_precision)
         self.action_dim = action_dim
         units, classes = quantizer.units, max(quantizer.alphabet)
         code, hidden = quantizer.code_size, cfg.hidden
@@ -135,7 +138,8 @@ class WorldModel(nn.Module):
         obs (B, T, *obs_shape), action (B, T, A) taken after each observation, is_first (B, T).
         """
         batch, steps = is_first.shape
-        embed_part = self.post_embed(self.encoder(obs))  # (B, T, H)
+        with batched_precision(self.valid.device, self.bf16):
+            embed_part = self.post_embed(self.encoder(obs)).float()  # (B, T, H)
         keep = (~is_first).to(embed_part.dtype).unsqueeze(-1)  # (B, T, 1): 0 resets the state
         latent, prev_action = self.initial(batch)
         deters, codes, indices, log_probs, inputs, aux = [], [], [], [], [], []
@@ -225,13 +229,15 @@ class WorldModel(nn.Module):
         """
         post = self.observe(batch["obs"], batch["action"], batch["is_first"], generator)
         feat = post.latent.features()
-        prior_logp = self.prior_log_probs(post.latent.deter)  # (B, T, U, K)
+        with batched_precision(feat.device, self.bf16):
+            prior_logp = self.prior_log_probs(post.latent.deter)  # (B, T, U, K)
+            decoded, reward, cont = self.decoder(feat), self.reward_dist(feat), self.cont_dist(feat)
         dyn, rep = self.kl_terms(post.log_probs, post.index, prior_logp)
         cfg = self.cfg
         terms = {
-            "decoder": -self.decoder(feat).log_prob(batch["obs"]).mean(),
-            "reward": -self.reward_dist(feat).log_prob(batch["reward"]).mean(),
-            "cont": -self.cont_dist(feat).log_prob(1.0 - batch["is_terminal"].to(feat.dtype)).mean(),
+            "decoder": -decoded.log_prob(batch["obs"]).mean(),
+            "reward": -reward.log_prob(batch["reward"]).mean(),
+            "cont": -cont.log_prob(1.0 - batch["is_terminal"].to(feat.dtype)).mean(),
             "dyn": dyn.clamp_min(cfg.free_bits).mean(),
             "rep": rep.clamp_min(cfg.free_bits).mean(),
             "quantizer": post.aux_loss,

@@ -63,7 +63,7 @@ def cases(run: Path, tmp: Path) -> list[tuple[list[str], int, str]]:
         (["train", "--set", "actor_critic.horizon=0"], 2, "actor_critic.horizon must be > 0"),
         (["train", "--set", "train.batch=0"], 2, "train.batch must be > 0"),
         (["train", "--set", "train.vector=threads"], 2, "train.vector must be sync or async"),
-        (["train", "--set", "model.precision=half"], 2, "model.precision must be float32 or bfloat16"),
+        (["train", "--set", "model.precision=half"], 2, "model.precision must be auto, float32 or bfloat16"),
         (["train", "--set", "model.deter"], 2, "--set expects key=value"),
         (["train", "--set", "quantizer_options.tua=1"], 2, "quantizer 'categorical' has no option 'tua'"),
         (["train", "-q", "reinmax", "--set", "quantizer_options.tau=0.5"], 2, "reinmax needs tau >= 1"),
