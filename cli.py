@@ -83,10 +83,11 @@ def exit_code(error: BaseException) -> int | None:
     from agent.config import ConfigError
     from agent.render import RenderError
     from agent.runs import RunFolderError
+    from agent.sweep import SweepError
     from agent.trainer import TrainingError
     from envs import EnvError
 
-    if isinstance(error, ConfigError | EnvError | CheckpointError | RenderError | RunFolderError):
+    if isinstance(error, ConfigError | EnvError | CheckpointError | RenderError | RunFolderError | SweepError):
         return 2
     if isinstance(error, OSError | TrainingError):
         return 1
@@ -248,6 +249,9 @@ def train(
         Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No live view: print one line per evaluation.")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Also write the metrics to <run>/tb for TensorBoard.")
+    ] = False,
 ) -> None:
     """Train an agent; writes config.json, metrics.jsonl, checkpoints and replay to the run folder."""
     with user_errors(ctx):
@@ -257,7 +261,7 @@ def train(
         overrides = parse_overrides(set_ or [])
         check_positive(steps=steps)
         options = {"train.steps": steps, "train.envs": envs_, "obs": obs, "threads": threads,
-                   "train.eval_every": eval_every}  # fmt: skip
+                   "train.eval_every": eval_every, "train.tensorboard": tensorboard or None}  # fmt: skip
         overrides.update({key: value for key, value in options.items() if value is not None})
         if resume is not None:
             fixed = {
@@ -604,6 +608,279 @@ def dream(
         f"{result['code_usage']:.1%} of {result['alphabet_size']} symbols, perplexity {result['code_perplexity']:.2f}"
     )
     console.print(f"picture: [cyan]{escape(str(out))}[/]")
+
+
+# --- agent sweep --------------------------------------------------------------------------------------
+
+
+def split_list(text: str | None, option: str) -> list[str]:
+    from agent.config import ConfigError
+
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    if text is not None and not items:
+        raise ConfigError(f"{option} expects a comma-separated list, got {text!r}")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'3' -> seeds 0, 1, 2; '0,4,7' -> those seeds."""
+    from agent.config import ConfigError
+
+    try:
+        values = [int(item) for item in split_list(text, "--seeds")]
+    except ValueError:
+        raise ConfigError(f"--seeds expects a count or a comma-separated list of integers, got {text!r}") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {values[0]}")
+        return list(range(values[0]))
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise ConfigError(f"--seeds must be distinct and >= 0, got {text!r}")
+    return values
+
+
+@app.command()
+def sweep(
+    ctx: typer.Context,
+    env_ids: Annotated[list[str] | None, typer.Argument(help="Gymnasium ids (default: CartPole-v1).")] = None,
+    quantizer: Annotated[str, typer.Option("--quantizer", "-q", help="Comma-separated quantizers.")] = "categorical",
+    seeds: Annotated[str, typer.Option(help="A count (3: seeds 0, 1, 2) or a comma-separated list.")] = "1",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=V1,V2", help="A value for every run, or values to sweep (repeatable)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Env steps of every run (default: the preset's).")] = None,
+    preset: Annotated[str, typer.Option(help=f"Sizes and schedule: {PRESET_NAMES}.")] = "default",
+    dir_: Annotated[Path | None, typer.Option("--dir", help="The sweep's folder (default: runs/sweep-<time>).")] = None,
+    address: Annotated[str | None, typer.Option(help="A Ray cluster to run on (default: this machine).")] = None,
+    cpus_per_run: Annotated[int, typer.Option(help="CPUs (and torch threads) of every run.")] = 1,
+) -> None:
+    """A grid of runs (env ids x quantizers x seeds x swept values) trained in parallel on Ray; running
+    the same command again continues unfinished runs and skips finished ones."""
+    with user_errors(ctx):
+        from agent.config import ConfigError, parse_overrides
+        from agent.sweep import Grid, import_ray, open_sweep, run_sweep
+
+        import_ray()
+        check_positive(steps=steps, cpus_per_run=cpus_per_run)
+        overrides, swept = {}, {}
+        for key, value in parse_overrides(set_ or []).items():
+            values = split_list(value, f"--set {key}")
+            if len(values) > 1:
+                swept[key] = values
+            else:
+                overrides[key] = value
+        if steps is not None:
+            overrides["train.steps"] = str(steps)
+        for key in ("env_id", "quantizer", "seed"):
+            if key in overrides or key in swept:
+                raise ConfigError(f"--set {key}: give it as an argument or option of agent sweep instead")
+        grid = Grid(env_ids or ["CartPole-v1"], split_list(quantizer, "--quantizer"), parse_seeds(seeds), swept,
+                    preset, overrides)  # fmt: skip
+        folder = dir_ or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        runs = open_sweep(folder, grid)  # checks every config and the folder before anything starts
+        console.print(
+            f"sweep of {len(runs)} runs in [cyan]{escape(str(folder))}[/] on Ray ({address or 'this machine'})"
+        )
+        view = SweepView(folder, runs)
+        try:
+            with Live(view, console=console, refresh_per_second=1, transient=not console.is_terminal):
+                results = run_sweep(folder, grid, address, cpus_per_run, on_update=view.update)
+        except KeyboardInterrupt:
+            errors.print(f"stopped; the runs keep their checkpoints. Continue with the same command (--dir {folder})",
+                         highlight=False, markup=False)  # fmt: skip
+            raise typer.Exit(130) from None
+    view.results = results
+    console.print(view.table(final=True))
+    if any(result["status"] == "stopped" for result in results.values()):
+        errors.print(f"stopped; the runs keep their checkpoints. Continue with the same command (--dir {folder})",
+                     highlight=False, markup=False)  # fmt: skip
+        raise typer.Exit(130)
+    if any(result["status"] == "failed" for result in results.values()):
+        raise typer.Exit(1)
+
+
+class SweepView:
+    """A table of a sweep's runs: state, env steps, last and best evaluation; redrawn as runs progress."""
+
+    def __init__(self, folder: Path, runs: list):
+        self.folder, self.runs = folder, runs
+        self.states: dict[str, str] = {}
+        self.results: dict[str, dict] = {}
+
+    def update(self, states: dict[str, str]) -> None:
+        self.states = states
+
+    def table(self, final: bool = False) -> Table:
+        from agent.runs import RunFolderError, read_run
+
+        table = Table(title=f"sweep {escape(str(self.folder))}" + (" (done)" if final else ""))
+        for column in ("run", "state", "env steps", "last eval", "best eval"):
+            table.add_column(column, justify="left" if column in ("run", "state") else "right")
+        for run in self.runs:
+            state = self.results.get(run.name, {}).get("status") or self.states.get(run.name, "queued")
+            steps = last = best = "—"
+            try:
+                summary = read_run(self.folder / run.name).summary()
+                steps = f"{max(summary['env_steps'], summary['logged_steps']):,}/{summary['total_steps']:,}"
+                if summary["last_eval"] is not None:
+                    last, best = f"{summary['last_eval']:.1f}", f"{summary['best_eval']:.1f}"
+            except RunFolderError:
+                pass
+            error = self.results.get(run.name, {}).get("error")
+            table.add_row(escape(run.name), escape(state + (f": {error}" if error else "")), steps, last, best)
+        return table
+
+    def __rich__(self) -> Table:
+        return self.table()
+
+
+# --- agent runs, plot, compare -----------------------------------------------------------------------
+
+
+def format_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+@app.command("runs")
+def list_runs(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="A folder of runs (searched below), or a run folder.")] = Path("runs"),
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
+) -> None:
+    """A table of runs: env, quantizer, seed, env steps done / total, best and last evaluation, state, age."""
+    with user_errors(ctx):
+        from agent.runs import find_runs, read_run
+
+        infos = [read_run(path) for path in find_runs([folder])]
+    rows = [info.summary() for info in infos]
+    if json_:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{len(rows)} runs under {escape(str(folder))}")
+    for column in ("run", "env", "quantizer", "seed", "env steps", "best eval", "last eval", "state", "age"):
+        table.add_column(
+            column, justify="right" if column in ("seed", "env steps", "best eval", "last eval") else "left"
+        )
+    for r in rows:
+        table.add_row(escape(r["run"]), escape(str(r["env_id"])), escape(str(r["quantizer"])), str(r["seed"]),
+                      f"{r['env_steps']:,}/{r['total_steps']:,}",
+                      "—" if r["best_eval"] is None else f"{r['best_eval']:.1f}",
+                      "—" if r["last_eval"] is None else f"{r['last_eval']:.1f}", r["status"],
+                      format_age(r["age_seconds"]))  # fmt: skip
+    console.print(table)
+
+
+def gather(ctx_paths: list[Path]) -> list:
+    from agent.config import ConfigError
+    from agent.runs import find_runs, read_run
+
+    infos = [read_run(path) for path in find_runs(ctx_paths)]
+    if not infos:
+        raise ConfigError(f"no run folders under {', '.join(map(str, ctx_paths))}")
+    return infos
+
+
+@app.command()
+def plot(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Run folders or sweep folders.")],
+    out: Annotated[Path | None, typer.Option(help="PNG to write.")] = None,
+    group: Annotated[str, typer.Option(help="Config key whose values make the groups.")] = "quantizer",
+    metric: Annotated[str, typer.Option(help="A metrics.jsonl key.")] = "eval_return_mean",
+    stat: Annotated[str, typer.Option(help="iqm or mean across seeds.")] = "iqm",
+    terminal: Annotated[bool, typer.Option(help="Show the curves in this terminal instead.")] = False,
+) -> None:
+    """Learning curves per group: the IQM (or mean) across seeds with a shaded 95% bootstrap band."""
+    with user_errors(ctx):
+        from agent import stats
+        from agent.config import ConfigError
+        from agent.plots import curves_figure, save_figure
+        from agent.runs import curves_by_group
+
+        if stat not in ("iqm", "mean"):
+            raise ConfigError(f"--stat must be iqm or mean, got {stat!r}")
+        if out is None and not terminal:
+            raise ConfigError("give --out FILE.png, or --terminal")
+        if out is not None and out.suffix.lower() != ".png":
+            raise ConfigError(f"{out}: plots are written as .png")
+        curves = curves_by_group(gather(paths), group, metric)
+        if not curves:
+            raise ConfigError(f"no run has any {metric!r} in its metrics.jsonl")
+        if out is not None:
+            title = f"{metric} by {group} ({stat.upper() if stat == 'iqm' else stat} of seeds, 95% bootstrap CI)"
+            save_figure(curves_figure(curves, stat, metric, title), out)
+            console.print(f"plot: [cyan]{escape(str(out))}[/]")
+        if terminal:
+            for env_id, groups in curves.items():
+                table = Table(title=f"{escape(env_id)}: {escape(metric)} by {escape(group)} ({stat})")
+                table.add_column("group")
+                table.add_column("curve")
+                table.add_column("at steps", justify="right")
+                for name, runs in groups.items():
+                    steps, center, low, high = stats.aggregate_curves(runs, getattr(stats, stat), reps=200)
+                    table.add_row(escape(f"{name} (n={len(runs)})"), sparkline(center),
+                                  f"{center[-1]:.1f} [{low[-1]:.1f}, {high[-1]:.1f}] at {steps[-1]:,}")  # fmt: skip
+                console.print(table)
+
+
+def sparkline(values) -> str:
+    import numpy as np
+
+    ticks = "▁▂▃▄▅▆▇█"
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return ""
+    low, high = float(finite.min()), float(finite.max())
+    scale = (high - low) or 1.0
+    return "".join(" " if not np.isfinite(v) else ticks[int((v - low) / scale * (len(ticks) - 1))] for v in values)
+
+
+@app.command("compare")
+def compare_runs(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="A sweep folder (or run folders).")],
+    group: Annotated[str, typer.Option(help="Config key whose values make the groups.")] = "quantizer",
+    metric: Annotated[str, typer.Option(help="A metrics.jsonl key.")] = "eval_return_mean",
+    threshold: Annotated[float | None, typer.Option(help="Also report env steps to this value.")] = None,
+    reps: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Per group: seeds, IQM and mean of the final value and of the area under the curve with 95%
+    stratified bootstrap intervals, env steps to --threshold, and the probability of improvement."""
+    with user_errors(ctx):
+        from agent.runs import compare
+
+        check_positive(reps=reps)
+        report = compare(gather(paths), group, metric, threshold, reps)
+    if json_:
+        print(json.dumps(report))
+        return
+    for env_id, result in report["envs"].items():
+        table = Table(title=f"{escape(env_id)}: {escape(metric)} by {escape(group)} (95% bootstrap CIs)")
+        columns = ["group", "seeds", "final IQM", "final mean", "AUC IQM", "AUC mean"]
+        columns += ["reached", "median steps"] if threshold is not None else []
+        for column in columns:
+            table.add_column(column, justify="left" if column == "group" else "right")
+        for name, row in result["groups"].items():
+            cells = [escape(name), str(row["seeds"])]
+            for key in ("final_iqm", "final_mean", "auc_iqm", "auc_mean"):
+                low, high = row[f"{key}_ci"]
+                cells.append(f"{row[key]:.1f} [{low:.1f}, {high:.1f}]")
+            if threshold is not None:
+                median = row["steps_to_threshold_median"]
+                cells += [f"{row['reached']}/{row['seeds']}", "—" if median is None else f"{median:,.0f}"]
+            table.add_row(*cells)
+        console.print(table)
+        pairs = Table(title=f"{escape(env_id)}: probability of improvement P(A > B) of the final value")
+        for column in ("A > B", "P", "95% CI"):
+            pairs.add_column(column, justify="left" if column == "A > B" else "right")
+        for pair, value in result["probability_of_improvement"].items():
+            pairs.add_row(escape(pair), f"{value['p']:.2f}", f"[{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]")
+        console.print(pairs)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ class TrainConfig:
     log_every: int = 250  # env steps between metric lines
     checkpoint_every: int = 1000  # env steps between checkpoints of the whole training state (0: only at the end)
     max_nonfinite: int = 10  # updates in a row with non-finite losses or gradients before training stops
+    tensorboard: bool = False  # also write the metric lines to <run>/tb as TensorBoard scalars (extra: tb)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Config:
 # What a resumed run may change: its length, and how often it evaluates, logs and saves.
 RESUMABLE = (
     "train.steps", "train.eval_every", "train.eval_episodes", "train.confirm_episodes", "train.log_every",
-    "train.checkpoint_every", "threads",
+    "train.checkpoint_every", "train.tensorboard", "threads",
 )  # fmt: skip
 
 SECTIONS = {"model": ModelConfig, "actor_critic": ActorCriticConfig, "train": TrainConfig}

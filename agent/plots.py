@@ -1,13 +1,16 @@
 """Plots drawn with matplotlib (its Agg backend: no display needed), written as PNG files atomically.
 
-dream_figure: what the world model imagined beside what happened, one panel per observation
-dimension, plus reward and continuation.
+curves_figure: learning curves of groups of runs (a panel per env), the mean or IQM across seeds
+with a shaded 95% bootstrap band. dream_figure: what the world model imagined beside what happened,
+one panel per observation dimension, plus reward and continuation.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from agent.checkpoint import atomic_write
 from agent.render import RenderError
@@ -30,6 +33,28 @@ def new_figure(rows: int, width: float = 9.0, row_height: float = 1.6) -> tuple[
 def save_figure(figure: Figure, path: Path) -> Path:
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     return Path(path)
+
+
+def curves_figure(
+    curves: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]], stat: str, metric: str, title: str
+) -> Figure:
+    """{env: {group: [(steps, values) per run]}} -> a panel per env, a line per group with its band."""
+    from agent import stats
+
+    aggregate = getattr(stats, stat)
+    figure, axes = new_figure(len(curves), width=8.0, row_height=3.6)
+    for ax, (env_id, groups) in zip(axes, curves.items(), strict=True):
+        for name, runs in groups.items():
+            steps, center, low, high = stats.aggregate_curves(runs, aggregate)
+            (line,) = ax.plot(steps, center, linewidth=1.8, label=f"{name} (n={len(runs)})")
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(env_id, fontsize="medium")
+        ax.set_ylabel(f"{metric}\n({stat.upper() if stat == 'iqm' else stat} of seeds, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel("env steps")
+    figure.suptitle(title)
+    return figure
 
 
 def dream_figure(result: dict[str, Any], title: str) -> Figure:

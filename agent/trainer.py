@@ -88,6 +88,16 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def tensorboard_writer(folder: Path, step: int) -> Any:
+    """A TensorBoard writer for a run's metric lines. Events at or after `step` (written after the checkpoint a
+    run resumes from, and written again now) are purged, so the curves stay continuous across resumes."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError('train.tensorboard needs the tensorboard package: pip install -e ".[tb]"') from None
+    return SummaryWriter(str(folder), purge_step=step)
+
+
 def set_threads(threads: int) -> None:
     """torch's intra-op thread count (0 leaves torch's default, one per core). Small models gain nothing
     from a second thread, and lose 10-20x when other work shares the cores (README: Threads)."""
@@ -141,6 +151,7 @@ class Trainer:
         self.last_log = (0.0, 0)  # (seconds, env steps) at the previous log line
         self.eval_envs: dict[int, gym.vector.VectorEnv] = {}
         self.stop_requested = False
+        self.tensorboard: Any = None  # a SummaryWriter once learn() runs with train.tensorboard
         self.run: RunFolder | None = None
         try:
             self.start_episodes(cfg.seed)
@@ -226,6 +237,9 @@ class Trainer:
             for env in [self.env, *self.eval_envs.values()]:
                 env.close()
             self.eval_envs.clear()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
         finally:
             if self.run is not None:
                 self.run.close()
@@ -368,6 +382,8 @@ class Trainer:
             if self.run is not None:
                 self.run.write_config(cfg.to_json())
         replayed = t.batch * t.seq_len
+        if t.tensorboard and self.run is not None and self.tensorboard is None:
+            self.tensorboard = tensorboard_writer(self.run.path / "tb", counters["env_steps"])
         next_log, next_eval, next_checkpoint = (
             next_due(counters["env_steps"], every) for every in (t.log_every, t.eval_every, t.checkpoint_every)
         )
@@ -482,6 +498,11 @@ class Trainer:
         line.update(record)
         if self.run is not None:
             self.run.append_metrics(line)
+        if self.tensorboard is not None:
+            for key, value in line.items():
+                if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, line["step"])
+            self.tensorboard.flush()
         if on_log is not None:
             on_log(line)
 
