@@ -61,8 +61,9 @@ class Grid:
     def runs(self) -> list[RunSpec]:
         keys = list(self.sets)
         out = []
-        for env_id, quantizer, seed, combination in itertools.product(
-            self.env_ids, self.quantizers, self.seeds, itertools.product(*(self.sets[k] for k in keys))
+        # seed-major: a sweep stopped half way has the first seeds of every cell, not every seed of a few
+        for env_id, seed, quantizer, combination in itertools.product(
+            self.env_ids, self.seeds, self.quantizers, itertools.product(*(self.sets[k] for k in keys))
         ):
             values = tuple(zip(keys, combination, strict=True))
             suffix = "".join(f"-{key}={value}" for key, value in values)

@@ -1,0 +1,47 @@
+"""Export a sweep's runs as one JSON file: a record per run (quantizer, seed, state, the evaluation curve,
+final and best evaluation) and `agent compare`'s report over the finished ones.
+
+    agent sweep CartPole-v1 -q round,fsq,binary,categorical,gumbel,reinmax,gumbel_rao,vq --seeds 5 \\
+        --steps 15000 --dir runs/ablation-CartPole-v1
+    python benchmarks/ablation.py runs/ablation-CartPole-v1 --threshold 475
+
+Runs that have not finished are exported with their curve so far, so that a grid spread over several
+sessions adds up; the report covers finished runs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agent.checkpoint import atomic_write_text
+from agent.runs import compare, find_runs, read_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/ablation-<env>.json")
+    args = parser.parse_args()
+    infos = [read_run(path) for path in find_runs([args.sweep])]
+    records = []
+    for info in infos:
+        steps, values = info.curve()
+        records.append({"run": info.path.name, "env_id": info.config["env_id"], "quantizer": info.config["quantizer"],
+                        "seed": info.config["seed"], "status": info.status, "env_steps": info.env_steps,
+                        "total_steps": info.total_steps, "final": float(values[-1]) if len(values) else None,
+                        "best": float(values.max()) if len(values) else None,
+                        "seconds": info.metrics[-1]["time/seconds"] if info.metrics else None,
+                        "curve": [[int(s), float(v)] for s, v in zip(steps, values, strict=True)]})  # fmt: skip
+    finished = [info for info in infos if info.status == "finished"]
+    report = compare(finished, threshold=args.threshold) if finished else None
+    env = infos[0].config["env_id"].replace("/", "_") if infos else "none"
+    out = args.out or Path("benchmarks/results") / f"ablation-{env}.json"
+    atomic_write_text(out, json.dumps({"sweep": str(args.sweep), "runs": records, "compare": report}, indent=1))
+    print(f"{len(finished)}/{len(records)} runs finished; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
