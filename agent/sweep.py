@@ -191,7 +191,9 @@ def run_sweep(
     if not todo:
         return results
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        # a cluster of this machine alone, its servers on loopback
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 _node_ip_address="127.0.0.1")  # fmt: skip
     else:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     try:
