@@ -613,32 +613,6 @@ def dream(
 # --- agent sweep --------------------------------------------------------------------------------------
 
 
-def split_list(text: str | None, option: str) -> list[str]:
-    from agent.config import ConfigError
-
-    items = [item.strip() for item in (text or "").split(",") if item.strip()]
-    if text is not None and not items:
-        raise ConfigError(f"{option} expects a comma-separated list, got {text!r}")
-    return items
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'3' -> seeds 0, 1, 2; '0,4,7' -> those seeds."""
-    from agent.config import ConfigError
-
-    try:
-        values = [int(item) for item in split_list(text, "--seeds")]
-    except ValueError:
-        raise ConfigError(f"--seeds expects a count or a comma-separated list of integers, got {text!r}") from None
-    if len(values) == 1 and "," not in text:
-        if values[0] < 1:
-            raise ConfigError(f"--seeds must be >= 1, got {values[0]}")
-        return list(range(values[0]))
-    if min(values) < 0 or len(set(values)) != len(values):
-        raise ConfigError(f"--seeds must be distinct and >= 0, got {text!r}")
-    return values
-
-
 @app.command()
 def sweep(
     ctx: typer.Context,
@@ -651,7 +625,7 @@ def sweep(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Env steps of every run (default: the preset's).")] = None,
     preset: Annotated[str, typer.Option(help=f"Sizes and schedule: {PRESET_NAMES}.")] = "default",
-    dir_: Annotated[Path | None, typer.Option("--dir", help="The sweep's folder (default: runs/sweep-<time>).")] = None,
+    dir_: Annotated[Path | None, typer.Option("--dir", help="The sweep's folder (required).")] = None,
     address: Annotated[str | None, typer.Option(help="A Ray cluster to run on (default: this machine).")] = None,
     cpus_per_run: Annotated[int, typer.Option(help="CPUs (and torch threads) of every run.")] = 1,
 ) -> None:
@@ -662,41 +636,33 @@ def sweep(
         from agent.sweep import Grid, import_ray, open_sweep, run_sweep
 
         import_ray()
+        if dir_ is None:
+            raise ConfigError("--dir is required: the sweep's folder (the same command with it continues the sweep)")
         check_positive(steps=steps, cpus_per_run=cpus_per_run)
-        overrides, swept = {}, {}
-        for key, value in parse_overrides(set_ or []).items():
-            values = split_list(value, f"--set {key}")
-            if len(values) > 1:
-                swept[key] = values
-            else:
-                overrides[key] = value
-        if steps is not None:
-            overrides["train.steps"] = str(steps)
-        for key in ("env_id", "quantizer", "seed"):
-            if key in overrides or key in swept:
-                raise ConfigError(f"--set {key}: give it as an argument or option of agent sweep instead")
-        grid = Grid(env_ids or ["CartPole-v1"], split_list(quantizer, "--quantizer"), parse_seeds(seeds), swept,
-                    preset, overrides)  # fmt: skip
-        folder = dir_ or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        runs = open_sweep(folder, grid)  # checks every config and the folder before anything starts
-        console.print(
-            f"sweep of {len(runs)} runs in [cyan]{escape(str(folder))}[/] on Ray ({address or 'this machine'})"
-        )
-        view = SweepView(folder, runs)
+        grid = Grid.from_options(env_ids or ["CartPole-v1"], quantizer, seeds, parse_overrides(set_ or []), steps,
+                                 preset)  # fmt: skip
+        runs = open_sweep(dir_, grid)  # every config and env id checked before anything starts
+        where = address or "this machine"
+        console.print(f"sweep of {len(runs)} runs in [cyan]{escape(str(dir_))}[/] on Ray ({escape(where)})")
+        view = SweepView(dir_, runs)
         try:
             with Live(view, console=console, refresh_per_second=1, transient=not console.is_terminal):
-                results = run_sweep(folder, grid, address, cpus_per_run, on_update=view.update)
+                results = run_sweep(dir_, grid, runs, address, cpus_per_run, on_update=view.update)
         except KeyboardInterrupt:
-            errors.print(f"stopped; the runs keep their checkpoints. Continue with the same command (--dir {folder})",
-                         highlight=False, markup=False)  # fmt: skip
-            raise typer.Exit(130) from None
-    view.results = results
-    console.print(view.table(final=True))
-    if any(result["status"] == "stopped" for result in results.values()):
-        errors.print(f"stopped; the runs keep their checkpoints. Continue with the same command (--dir {folder})",
+            results = None
+    if results is None or any(result["status"] == "stopped" for result in results.values()):
+        if results is not None:
+            view.update(results)
+            console.print(view.table())
+        errors.print(f"stopped; the runs keep their checkpoints. Continue with the same command (--dir {dir_})",
                      highlight=False, markup=False)  # fmt: skip
         raise typer.Exit(130)
-    if any(result["status"] == "failed" for result in results.values()):
+    view.update(results)
+    console.print(view.table())
+    failed = [name for name, result in results.items() if result["status"] == "failed"]
+    if failed:
+        errors.print(f"error: {len(failed)} of {len(results)} runs failed (see the table)", highlight=False,
+                     markup=False)  # fmt: skip
         raise typer.Exit(1)
 
 
@@ -705,30 +671,31 @@ class SweepView:
 
     def __init__(self, folder: Path, runs: list):
         self.folder, self.runs = folder, runs
-        self.states: dict[str, str] = {}
         self.results: dict[str, dict] = {}
 
-    def update(self, states: dict[str, str]) -> None:
-        self.states = states
+    def update(self, results: dict[str, dict]) -> None:
+        self.results = dict(results)
 
-    def table(self, final: bool = False) -> Table:
+    def table(self) -> Table:
         from agent.runs import RunFolderError, read_run
 
-        table = Table(title=f"sweep {escape(str(self.folder))}" + (" (done)" if final else ""))
+        table = Table(title=f"sweep {escape(str(self.folder))}")
         for column in ("run", "state", "env steps", "last eval", "best eval"):
             table.add_column(column, justify="left" if column in ("run", "state") else "right")
         for run in self.runs:
-            state = self.results.get(run.name, {}).get("status") or self.states.get(run.name, "queued")
-            steps = last = best = "—"
+            state, steps, last, best = "queued", "—", "—", "—"
             try:
                 summary = read_run(self.folder / run.name).summary()
+                state = "running" if summary["status"] == "running" else state
                 steps = f"{max(summary['env_steps'], summary['logged_steps']):,}/{summary['total_steps']:,}"
                 if summary["last_eval"] is not None:
                     last, best = f"{summary['last_eval']:.1f}", f"{summary['best_eval']:.1f}"
             except RunFolderError:
                 pass
-            error = self.results.get(run.name, {}).get("error")
-            table.add_row(escape(run.name), escape(state + (f": {error}" if error else "")), steps, last, best)
+            result = self.results.get(run.name)
+            if result is not None:
+                state = result["status"] + (f": {result['error']}" if result.get("error") else "")
+            table.add_row(escape(run.name), escape(state), steps, last, best)
         return table
 
     def __rich__(self) -> Table:
@@ -745,6 +712,19 @@ def format_age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def readable_runs(paths: list[Path]) -> list:
+    """The readable runs under `paths`; a warning line for each unreadable folder; ConfigError if none."""
+    from agent.config import ConfigError
+    from agent.runs import read_runs
+
+    infos, unreadable = read_runs(paths)
+    for path, why in unreadable:
+        errors.print(f"warning: left out {path}: {why}", highlight=False, markup=False)
+    if not infos:
+        raise ConfigError(f"no readable run folders under {', '.join(map(str, paths))}")
+    return infos
+
+
 @app.command("runs")
 def list_runs(
     ctx: typer.Context,
@@ -753,10 +733,11 @@ def list_runs(
 ) -> None:
     """A table of runs: env, quantizer, seed, env steps done / total, best and last evaluation, state, age."""
     with user_errors(ctx):
-        from agent.runs import find_runs, read_run
+        from agent.runs import read_runs
 
-        infos = [read_run(path) for path in find_runs([folder])]
-    rows = [info.summary() for info in infos]
+        infos, unreadable = read_runs([folder])
+    rows = [info.summary() for info in infos] + [{"run": str(path), "status": "unreadable", "error": why}
+                                                  for path, why in unreadable]  # fmt: skip
     if json_:
         print(json.dumps(rows))
         return
@@ -766,22 +747,15 @@ def list_runs(
             column, justify="right" if column in ("seed", "env steps", "best eval", "last eval") else "left"
         )
     for r in rows:
-        table.add_row(escape(r["run"]), escape(str(r["env_id"])), escape(str(r["quantizer"])), str(r["seed"]),
+        if r["status"] == "unreadable":
+            table.add_row(escape(r["run"]), "", "", "", "", "", "", "unreadable", "")
+            continue
+        table.add_row(escape(r["run"]), escape(r["env_id"]), escape(r["quantizer"]), str(r["seed"]),
                       f"{r['env_steps']:,}/{r['total_steps']:,}",
                       "—" if r["best_eval"] is None else f"{r['best_eval']:.1f}",
                       "—" if r["last_eval"] is None else f"{r['last_eval']:.1f}", r["status"],
                       format_age(r["age_seconds"]))  # fmt: skip
     console.print(table)
-
-
-def gather(ctx_paths: list[Path]) -> list:
-    from agent.config import ConfigError
-    from agent.runs import find_runs, read_run
-
-    infos = [read_run(path) for path in find_runs(ctx_paths)]
-    if not infos:
-        raise ConfigError(f"no run folders under {', '.join(map(str, ctx_paths))}")
-    return infos
 
 
 @app.command()
@@ -796,10 +770,9 @@ def plot(
 ) -> None:
     """Learning curves per group: the IQM (or mean) across seeds with a shaded 95% bootstrap band."""
     with user_errors(ctx):
-        from agent import stats
+        from agent.analysis import aggregate_groups, curves_by_group
         from agent.config import ConfigError
         from agent.plots import curves_figure, save_figure
-        from agent.runs import curves_by_group
 
         if stat not in ("iqm", "mean"):
             raise ConfigError(f"--stat must be iqm or mean, got {stat!r}")
@@ -807,24 +780,25 @@ def plot(
             raise ConfigError("give --out FILE.png, or --terminal")
         if out is not None and out.suffix.lower() != ".png":
             raise ConfigError(f"{out}: plots are written as .png")
-        curves = curves_by_group(gather(paths), group, metric)
+        curves = curves_by_group(readable_runs(paths), group, metric)
         if not curves:
             raise ConfigError(f"no run has any {metric!r} in its metrics.jsonl")
+        aggregated = aggregate_groups(curves, stat)
+        label = f"{stat.upper() if stat == 'iqm' else stat} of seeds"
         if out is not None:
-            title = f"{metric} by {group} ({stat.upper() if stat == 'iqm' else stat} of seeds, 95% bootstrap CI)"
-            save_figure(curves_figure(curves, stat, metric, title), out)
+            figure = curves_figure(aggregated, f"{metric}\n({label}, 95% CI)", f"{metric} by {group}")
+            save_figure(figure, out)
             console.print(f"plot: [cyan]{escape(str(out))}[/]")
-        if terminal:
-            for env_id, groups in curves.items():
-                table = Table(title=f"{escape(env_id)}: {escape(metric)} by {escape(group)} ({stat})")
-                table.add_column("group")
-                table.add_column("curve")
-                table.add_column("at steps", justify="right")
-                for name, runs in groups.items():
-                    steps, center, low, high = stats.aggregate_curves(runs, getattr(stats, stat), reps=200)
-                    table.add_row(escape(f"{name} (n={len(runs)})"), sparkline(center),
-                                  f"{center[-1]:.1f} [{low[-1]:.1f}, {high[-1]:.1f}] at {steps[-1]:,}")  # fmt: skip
-                console.print(table)
+    if terminal:
+        for env_id, groups in aggregated.items():
+            table = Table(title=f"{escape(env_id)}: {escape(metric)} by {escape(group)} ({label})")
+            for column in ("group", "curve", "last value [95% CI]"):
+                table.add_column(column, justify="right" if column.startswith("last") else "left")
+            for name, curve in groups.items():
+                low, center, high = curve["low"][-1], curve["center"][-1], curve["high"][-1]
+                table.add_row(escape(f"{name} (n={curve['runs']})"), sparkline(curve["center"]),
+                              f"{center:.1f} [{low:.1f}, {high:.1f}] at {curve['steps'][-1]:,}")  # fmt: skip
+            console.print(table)
 
 
 def sparkline(values) -> str:
@@ -849,20 +823,25 @@ def compare_runs(
     reps: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Per group: seeds, IQM and mean of the final value and of the area under the curve with 95%
-    stratified bootstrap intervals, env steps to --threshold, and the probability of improvement."""
+    """Per group, over finished runs: seeds, IQM and mean of the final value and of the area under the curve
+    with 95% bootstrap intervals, env steps to --threshold, and the probability of improvement."""
     with user_errors(ctx):
-        from agent.runs import compare
+        from agent.analysis import compare
+        from agent.config import ConfigError
 
         check_positive(reps=reps)
-        report = compare(gather(paths), group, metric, threshold, reps)
+        report = compare(readable_runs(paths), group, metric, threshold, reps)
+        if not report["envs"]:
+            raise ConfigError(f"no finished run has any {metric!r} in its metrics.jsonl")
     if json_:
         print(json.dumps(report))
         return
+    if report["left_out_unfinished"]:
+        console.print(f"left out {len(report['left_out_unfinished'])} unfinished runs")
     for env_id, result in report["envs"].items():
         table = Table(title=f"{escape(env_id)}: {escape(metric)} by {escape(group)} (95% bootstrap CIs)")
         columns = ["group", "seeds", "final IQM", "final mean", "AUC IQM", "AUC mean"]
-        columns += ["reached", "median steps"] if threshold is not None else []
+        columns += ["reached", "median steps (of those)"] if threshold is not None else []
         for column in columns:
             table.add_column(column, justify="left" if column == "group" else "right")
         for name, row in result["groups"].items():
@@ -871,7 +850,7 @@ def compare_runs(
                 low, high = row[f"{key}_ci"]
                 cells.append(f"{row[key]:.1f} [{low:.1f}, {high:.1f}]")
             if threshold is not None:
-                median = row["steps_to_threshold_median"]
+                median = row["median_steps_of_those_reaching"]
                 cells += [f"{row['reached']}/{row['seeds']}", "—" if median is None else f"{median:,.0f}"]
             table.add_row(*cells)
         console.print(table)

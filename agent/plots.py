@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from agent.checkpoint import atomic_write
 from agent.render import RenderError
 
@@ -35,21 +33,15 @@ def save_figure(figure: Figure, path: Path) -> Path:
     return Path(path)
 
 
-def curves_figure(
-    curves: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]], stat: str, metric: str, title: str
-) -> Figure:
-    """{env: {group: [(steps, values) per run]}} -> a panel per env, a line per group with its band."""
-    from agent import stats
-
-    aggregate = getattr(stats, stat)
-    figure, axes = new_figure(len(curves), width=8.0, row_height=3.6)
-    for ax, (env_id, groups) in zip(axes, curves.items(), strict=True):
-        for name, runs in groups.items():
-            steps, center, low, high = stats.aggregate_curves(runs, aggregate)
-            (line,) = ax.plot(steps, center, linewidth=1.8, label=f"{name} (n={len(runs)})")
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+def curves_figure(aggregated: dict[str, dict[str, dict[str, Any]]], ylabel: str, title: str) -> Figure:
+    """analysis.aggregate_groups' result -> a panel per env, a line per group with its shaded interval."""
+    figure, axes = new_figure(len(aggregated), width=8.0, row_height=3.6)
+    for ax, (env_id, groups) in zip(axes, aggregated.items(), strict=True):
+        for name, curve in groups.items():
+            (line,) = ax.plot(curve["steps"], curve["center"], linewidth=1.8, label=f"{name} (n={curve['runs']})")
+            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(env_id, fontsize="medium")
-        ax.set_ylabel(f"{metric}\n({stat.upper() if stat == 'iqm' else stat} of seeds, 95% CI)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[-1].set_xlabel("env steps")

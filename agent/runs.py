@@ -15,7 +15,6 @@ same process or another, cannot interleave its metrics, replay chunks and checkp
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import os
 import re
@@ -53,6 +52,31 @@ def check_writable(path: Path) -> None:
         raise RunFolderError(f"cannot write to the run folder {path}: {existing} is not writable")
 
 
+def take_lock(file: Any, patience: float = 1.0) -> bool:
+    """An exclusive flock on an open file, trying for `patience` seconds: `agent runs` and a sweep's live
+    view probe run folders' locks for an instant, and must not make a trainer starting meanwhile fail."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def parse_metric_line(text: str) -> dict[str, Any] | None:
+    """A metrics.jsonl line as a dict with an integer `step`; None for anything else (a line cut short)."""
+    try:
+        line = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(line, dict) or not isinstance(line.get("step"), int):
+        return None
+    return line
+
+
 def check_empty(path: Path) -> None:
     """RunFolderError unless `path` is missing or empty (but for a lock file): a new run's folder."""
     others = {p.name for p in path.iterdir()} - {".lock"} if path.is_dir() else set()
@@ -76,11 +100,9 @@ class RunFolder:
             what = "no such folder" if not self.path.exists() else "not a run folder (no config.json)"
             raise RunFolderError(f"{self.path}: {what}; nothing to resume")
         self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not take_lock(self._lock):
             self._lock.close()
-            raise RunFolderError(f"{self.path} is in use by another training process (or another Trainer)") from None
+            raise RunFolderError(f"{self.path} is in use by another training process (or another Trainer)")
         self._lock.truncate(0)  # the holder's process id, for people (and tests) who look
         self._lock.write(f"{os.getpid()}\n")
         self._lock.flush()
@@ -141,13 +163,13 @@ class RunFolder:
         if not self.metrics.exists():
             return
         kept = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
+        for text in self.metrics.read_text().splitlines():
+            line = parse_metric_line(text)
+            if line is None:
                 break  # a line cut short by a crash
-        atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))
+            if line["step"] <= step:
+                kept.append(text)
+        atomic_write_text(self.metrics, "".join(f"{text}\n" for text in kept))
 
     def clear_progress(self) -> None:
         """Forget what a run wrote before its first `last` checkpoint (metrics, replay chunks, a `best`
@@ -177,36 +199,42 @@ class RunInfo:
         return int(self.config["train"]["steps"])
 
     def curve(self, metric: str = "eval_return_mean") -> tuple[np.ndarray, np.ndarray]:
-        """(env steps, values) of every metric line that has `metric`."""
-        points = [(line["step"], line[metric]) for line in self.metrics if metric in line]
+        """(env steps, values) of every metric line whose `metric` is a number."""
+        points = [(line["step"], line[metric]) for line in self.metrics if is_number(line.get(metric))]
         steps, values = zip(*points, strict=True) if points else ((), ())
         return np.array(steps, np.int64), np.array(values, np.float64)
 
     def summary(self) -> dict[str, Any]:
         """What `agent runs` lists (JSON-able): the run's identity, progress, evaluations and state."""
-        evals = [line for line in self.metrics if "eval_return_mean" in line]
+        _, last = self.curve("eval_return_mean")
+        _, best = self.curve("eval_return_best")
         return {
             "run": str(self.path),
-            "env_id": self.config.get("env_id"),
-            "quantizer": self.config.get("quantizer"),
-            "seed": self.config.get("seed"),
+            "env_id": self.config["env_id"],
+            "quantizer": self.config["quantizer"],
+            "seed": self.config["seed"],
             "env_steps": self.env_steps,
             "logged_steps": self.metrics[-1]["step"] if self.metrics else 0,
             "total_steps": self.total_steps,
-            "best_eval": evals[-1]["eval_return_best"] if evals else None,
-            "last_eval": evals[-1]["eval_return_mean"] if evals else None,
+            "best_eval": float(best[-1]) if len(best) else None,
+            "last_eval": float(last[-1]) if len(last) else None,
             "status": self.status,
             "age_seconds": round(self.age_seconds, 1),
         }
 
     def setting(self, key: str) -> Any:
-        """A config value by its --set name (env_id, quantizer, seed, model.deter, ...)."""
-        value: Any = self.config
-        for part in key.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise KeyError(key)
-            value = value[part]
-        return value
+        """A config value by its --set name (env_id, quantizer, seed, model.deter, quantizer_options.tau)."""
+        head, _, rest = key.partition(".")
+        section = self.config.get(head)
+        if rest and isinstance(section, dict) and rest in section:
+            return section[rest]
+        if not rest and head in self.config:
+            return self.config[head]
+        raise KeyError(key)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def is_running(path: Path) -> bool:
@@ -224,38 +252,39 @@ def is_running(path: Path) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The metric lines of a run (a line cut short by a crash ends the list)."""
+    """The metric lines of a run, up to the first that is not one (a line cut short by a crash)."""
     lines = []
     metrics = path / "metrics.jsonl"
     if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
+        for text in metrics.read_text().splitlines():
+            line = parse_metric_line(text)
+            if line is None:
                 break
+            lines.append(line)
     return lines
 
 
 def read_run(path: Path) -> RunInfo:
-    """A run folder's RunInfo; RunFolderError if it is not one."""
+    """A run folder's RunInfo; RunFolderError (one line) if it is not a readable one."""
     path = Path(path)
     config = RunFolder.read_config_of(path)
+    train = config.get("train")
+    if not all(isinstance(config.get(k), t) for k, t in (("env_id", str), ("quantizer", str), ("seed", int))) or (
+        not isinstance(train, dict) or not isinstance(train.get("steps"), int)
+    ):
+        raise RunFolderError(f"{path / 'config.json'}: not a run's config (env_id, quantizer, seed, train.steps)")
     last = path / "checkpoints" / "last.safetensors"
     env_steps = 0
     if last.is_file():
         try:
             env_steps = int(checkpoint.metadata(last).get("counters", {}).get("env_steps", 0))
-        except checkpoint.CheckpointError:
+        except (checkpoint.CheckpointError, TypeError, ValueError, AttributeError):
             env_steps = 0
     metrics = read_metrics(path)
     written = [p.stat().st_mtime for p in (path / "metrics.jsonl", path / "config.json", last) if p.exists()]
-    try:
-        total = int(config["train"]["steps"])
-    except (KeyError, TypeError, ValueError):
-        raise RunFolderError(f"{path / 'config.json'}: no train.steps") from None
     if is_running(path):
         status = "running"
-    elif env_steps >= total:
+    elif env_steps >= train["steps"]:
         status = "finished"
     else:
         status = "interrupted" if metrics or env_steps else "new"
@@ -274,63 +303,12 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def group_key(info: RunInfo, group: str) -> str:
-    try:
-        return str(info.setting(group))
-    except KeyError:
-        raise RunFolderError(f"{info.path}: its config has no {group!r} to group by") from None
-
-
-def curves_by_group(
-    infos: list[RunInfo], group: str, metric: str = "eval_return_mean"
-) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
-    """{env id: {group value: [(steps, values) of each run]}}, runs without any `metric` left out."""
-    out: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
-    for info in infos:
-        steps, values = info.curve(metric)
-        if len(steps):
-            out.setdefault(str(info.config["env_id"]), {}).setdefault(group_key(info, group), []).append(
-                (steps, values)
-            )
-    return out
-
-
-def compare(
-    infos: list[RunInfo],
-    group: str = "quantizer",
-    metric: str = "eval_return_mean",
-    threshold: float | None = None,
-    reps: int = 2000,
-) -> dict[str, Any]:
-    """Per env and per group: seeds, the IQM and mean of the final value and of the area under the curve
-    (the curve's mean over env steps) with 95% bootstrap confidence intervals, env steps to `threshold`,
-    and the probability of improvement of every group over every other (with its interval)."""
-    from agent import stats
-
-    report: dict[str, Any] = {"group": group, "metric": metric, "threshold": threshold, "envs": {}}
-    for env_id, groups in curves_by_group(infos, group, metric).items():
-        finals = {name: np.array([values[-1] for _, values in curves]) for name, curves in groups.items()}
-        areas = {name: np.array([stats.area_under_curve(s, v) for s, v in curves]) for name, curves in groups.items()}
-        rows = {}
-        for name, curves in groups.items():
-            row: dict[str, Any] = {"seeds": len(curves)}
-            for label, scores in (("final", finals[name]), ("auc", areas[name])):
-                for aggregate in ("iqm", "mean"):
-                    function = getattr(stats, aggregate)
-                    row[f"{label}_{aggregate}"] = function(scores)
-                    row[f"{label}_{aggregate}_ci"] = stats.bootstrap_ci(scores, function, reps)
-            if threshold is not None:
-                reached = [stats.first_step_reaching(s, v, threshold) for s, v in curves]
-                steps = [r for r in reached if r is not None]
-                row["reached"] = len(steps)
-                row["steps_to_threshold_median"] = float(np.median(steps)) if steps else None
-            rows[name] = row
-        improvement = {
-            f"{a} > {b}": {
-                "p": stats.probability_of_improvement(finals[a], finals[b]),
-                "ci": stats.probability_of_improvement_ci(finals[a], finals[b], max(reps // 2, 100)),
-            }
-            for a, b in itertools.permutations(groups, 2)
-        }
-        report["envs"][env_id] = {"groups": rows, "probability_of_improvement": improvement}
-    return report
+def read_runs(paths: list[Path]) -> tuple[list[RunInfo], list[tuple[Path, str]]]:
+    """The readable runs at or below `paths`, and (folder, why) for those that are not."""
+    infos, unreadable = [], []
+    for path in find_runs(paths):
+        try:
+            infos.append(read_run(path))
+        except RunFolderError as error:
+            unreadable.append((path, str(error)))
+    return infos, unreadable

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import envs
 from agent.checkpoint import atomic_write_text
 from agent.config import Config, ConfigError, from_dict, make_config
-from agent.runs import RunFolderError, check_writable, read_run, safe_name
+from agent.runs import RunFolder, RunFolderError, check_writable, read_run, safe_name
 
 SWEEP_FILE = "sweep.json"
 STOP_FILE = ".stop"
@@ -49,7 +50,7 @@ class RunSpec:
 
 @dataclass
 class Grid:
-    """What a sweep runs: env_ids x quantizers x seeds x every combination of the swept values."""
+    """What a sweep runs: seeds x env_ids x quantizers x every combination of the swept values."""
 
     env_ids: list[str]
     quantizers: list[str]
@@ -58,12 +59,40 @@ class Grid:
     preset: str = "default"
     overrides: dict[str, str] = field(default_factory=dict)  # the same for every run, e.g. train.steps
 
+    def __post_init__(self) -> None:
+        self.sets = dict(sorted(self.sets.items()))  # names and the record do not depend on the --set order
+
+    @classmethod
+    def from_options(
+        cls,
+        env_ids: list[str],
+        quantizers: str,
+        seeds: str,
+        sets: dict[str, str],
+        steps: int | None = None,
+        preset: str = "default",
+    ) -> Grid:
+        """A grid from command-line text: quantizers "a,b"; seeds "3" (0, 1, 2) or "0,4,7"; sets
+        {key: "v"} (the same for every run) or {key: "v1,v2"} (swept; commas inside [] or () do not split)."""
+        overrides, swept = {}, {}
+        for key, value in sets.items():
+            if key in ("env_id", "quantizer", "seed"):
+                raise ConfigError(f"--set {key}: give it as an argument or option of agent sweep instead")
+            values = split_values(value, f"--set {key}")
+            if len(values) > 1:
+                swept[key] = values
+            else:
+                overrides[key] = value
+        if steps is not None:
+            overrides["train.steps"] = str(steps)
+        return cls(env_ids, split_values(quantizers, "--quantizer"), parse_seeds(seeds), swept, preset, overrides)
+
     def runs(self) -> list[RunSpec]:
         keys = list(self.sets)
         out = []
         # seed-major: a sweep stopped half way has the first seeds of every cell, not every seed of a few
-        for env_id, seed, quantizer, combination in itertools.product(
-            self.env_ids, self.seeds, self.quantizers, itertools.product(*(self.sets[k] for k in keys))
+        for seed, env_id, quantizer, combination in itertools.product(
+            self.seeds, self.env_ids, self.quantizers, itertools.product(*(self.sets[k] for k in keys))
         ):
             values = tuple(zip(keys, combination, strict=True))
             suffix = "".join(f"-{key}={value}" for key, value in values)
@@ -79,15 +108,50 @@ class Grid:
         return asdict(self)
 
 
+def split_values(text: str, option: str) -> list[str]:
+    """ "a,b" -> ["a", "b"]; commas inside brackets stay: "[8,5,5],[8,8]" -> ["[8,5,5]", "[8,8]"]."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += 1 if char in "([" else -1 if char in ")]" else 0
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    items.append(current.strip())
+    items = [item for item in items if item]
+    if not items:
+        raise ConfigError(f"{option} expects a value or a comma-separated list, got {text!r}")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "3" -> seeds 0, 1, 2; "0,4,7" -> those seeds."""
+    try:
+        values = [int(item) for item in split_values(text, "--seeds")]
+    except ValueError:
+        raise ConfigError(f"--seeds expects a count or a comma-separated list of integers, got {text!r}") from None
+    if "," not in text:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {values[0]}")
+        return list(range(values[0]))
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise ConfigError(f"--seeds must be distinct and >= 0, got {text!r}")
+    return values
+
+
 def open_sweep(folder: Path, grid: Grid) -> list[RunSpec]:
-    """Check every run's config, then record the grid in `folder` (or check that it is the one recorded
-    there); returns the runs. Nothing is written if any config is bad or the grid differs."""
+    """Check every run's config and env id, then record the grid in `folder` (or check that it is the one
+    recorded there); returns the runs. Nothing is written if anything is wrong."""
+    folder = Path(folder)
     runs = grid.runs()
     if not runs:
         raise SweepError("the grid is empty: give at least one env id, quantizer and seed")
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise SweepError("two runs of the grid would share a folder name; give distinct values")
+    for env_id in grid.env_ids:
+        envs.registered_id(env_id)
     for run in runs:
         try:
             grid.config(run)
@@ -99,6 +163,8 @@ def open_sweep(folder: Path, grid: Grid) -> list[RunSpec]:
             recorded = json.loads(record.read_text())
         except (OSError, ValueError) as error:
             raise SweepError(f"{record}: unreadable ({error})") from None
+        if not isinstance(recorded, dict):
+            raise SweepError(f"{record}: not a sweep's record")
         if recorded != grid.to_dict():
             changed = sorted(k for k in grid.to_dict() if recorded.get(k) != grid.to_dict()[k])
             raise SweepError(
@@ -107,27 +173,17 @@ def open_sweep(folder: Path, grid: Grid) -> list[RunSpec]:
             )
     else:
         check_writable(folder)
+        if folder.is_dir() and any(folder.iterdir()):
+            raise SweepError(f"{folder} is not empty and holds no sweep; choose a new or empty --dir")
         atomic_write_text(record, json.dumps(grid.to_dict(), indent=1))
     return runs
 
 
-def read_grid(folder: Path) -> Grid:
-    """The grid a sweep folder records."""
+def finished(folder: Path, run: RunSpec) -> bool:
     try:
-        return Grid(**json.loads((folder / SWEEP_FILE).read_text()))
-    except (OSError, ValueError, TypeError) as error:
-        raise SweepError(f"{folder / SWEEP_FILE}: not a sweep's record ({error})") from None
-
-
-def status(folder: Path, run: RunSpec) -> str:
-    """new | running | finished | interrupted, from the run's folder."""
-    path = folder / run.name
-    if not (path / "config.json").exists():
-        return "new"
-    try:
-        return read_run(path).status
+        return read_run(Path(folder) / run.name).status == "finished"
     except RunFolderError:
-        return "new"
+        return False
 
 
 def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str) -> dict[str, Any]:
@@ -139,6 +195,9 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
     if stop.exists():
         return {"status": "stopped"}
     if (path / "config.json").exists():
+        found = RunFolder.read_config_of(path)
+        if {**found, "threads": None} != {**config, "threads": None}:
+            return {"status": "failed", "error": f"{path} holds a run of another config; move it away"}
         trainer = Trainer.resume(path, {"threads": threads})
     else:
         trainer = Trainer(Agent.from_config(from_dict({**config, "threads": threads})), path)
@@ -165,51 +224,57 @@ def import_ray() -> Any:
     return ray
 
 
+def start_ray(ray: Any, address: str | None, cpus_per_run: int) -> None:
+    """ray.init on this machine (its servers on loopback) or on a cluster; SweepError if it fails or no node
+    has `cpus_per_run` CPUs (the runs would wait for ever)."""
+    try:
+        if address is None:
+            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, _node_ip_address="127.0.0.1")  # fmt: skip
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as error:  # a malformed or unreachable address, a version mismatch
+        raise SweepError(f"cannot start Ray{f' at {address}' if address else ''}: {envs.first_line(error)}") from None
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+    if cpus_per_run > largest:
+        ray.shutdown()
+        raise SweepError(f"--cpus-per-run {cpus_per_run}: no Ray node has that many CPUs (the largest has {largest:g})")
+
+
 def run_sweep(
     folder: Path,
     grid: Grid,
+    runs: list[RunSpec],
     address: str | None = None,
     cpus_per_run: int = 1,
-    on_update: Callable[[dict[str, str]], None] | None = None,
+    on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None,
     poll_seconds: float = 1.0,
 ) -> dict[str, dict[str, Any]]:
-    """Train every unfinished run of the grid on Ray; returns each run's result by name (finished runs
-    found in the folder are not started again). on_update(states) is called about every poll_seconds
-    with each run's state: queued, running, finished, stopped or failed. A KeyboardInterrupt asks every
-    run to stop with a checkpoint and waits for them; a second one cancels them at once."""
+    """Train every unfinished run of `runs` (from `open_sweep(folder, grid)`) on Ray; returns each run's
+    result by name (runs found finished are not started again). on_update(results so far) is called about
+    every poll_seconds. A KeyboardInterrupt asks every run to stop at its next log line with a checkpoint
+    and waits for them (their results say "stopped"); a second one cancels them at once and is raised."""
     ray = import_ray()
-    folder = Path(folder)
-    runs = open_sweep(folder, grid)
+    folder = Path(folder).resolve()  # Ray's workers do not share the driver's working folder
     (folder / STOP_FILE).unlink(missing_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for run in runs:
-        if status(folder, run) == "finished":
-            results[run.name] = {"status": "finished"}
-        else:
-            todo.append(run)
+    results = {run.name: {"status": "finished"} for run in runs if finished(folder, run)}
+    todo = [run for run in runs if run.name not in results]
     if not todo:
         return results
-    if address is None:
-        # a cluster of this machine alone, its servers on loopback
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 _node_ip_address="127.0.0.1")  # fmt: skip
-    else:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    stopping = False
     try:
+        start_ray(ray, address, cpus_per_run)
         task = ray.remote(train_run).options(num_cpus=cpus_per_run, max_retries=3)
         stop_file = str(folder / STOP_FILE)
         refs = {task.remote(str(folder / run.name), grid.config(run).to_dict(), cpus_per_run, stop_file): run
                 for run in todo}  # fmt: skip
         pending = list(refs)
-        stopping = False
         while pending:
             try:
                 done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds)
-                for ref in done:
-                    results[refs[ref].name] = collect(ray, ref)
+                results.update({refs[ref].name: collect(ray, ref) for ref in done})
                 if on_update is not None:
-                    on_update(states(folder, runs, results))
+                    on_update(results)
             except KeyboardInterrupt:
                 if stopping:  # a second Ctrl-C: cancel at once; runs keep their last checkpoints
                     for ref in pending:
@@ -217,14 +282,20 @@ def run_sweep(
                     raise
                 stopping = True
                 request_stop(folder)
+    except KeyboardInterrupt:
+        if stopping:
+            raise
+        request_stop(folder)  # before the tasks started: they will see it at once
+        raise
     finally:
         (folder / STOP_FILE).unlink(missing_ok=True)
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     return results
 
 
 def collect(ray: Any, ref: Any) -> dict[str, Any]:
-    """A finished task's result; a task that raised becomes a failed run with the error's first line."""
+    """A finished task's result; a task that raised becomes a failed run with the error's last line."""
     try:
         return ray.get(ref)
     except Exception as error:
@@ -236,14 +307,3 @@ def collect(ray: Any, ref: Any) -> dict[str, Any]:
 def request_stop(folder: Path) -> None:
     """Ask every run of the sweep to stop at its next log line, with a checkpoint."""
     (Path(folder) / STOP_FILE).write_text("")
-
-
-def states(folder: Path, runs: list[RunSpec], results: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Each run's state for a live view."""
-    out = {}
-    for run in runs:
-        if run.name in results:
-            out[run.name] = results[run.name]["status"]
-        else:
-            out[run.name] = "running" if status(folder, run) == "running" else "queued"
-    return out

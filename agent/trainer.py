@@ -19,6 +19,7 @@ start new ones. Ctrl-C writes a checkpoint before it stops training.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import signal
 import threading
 import time
@@ -89,13 +90,11 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def tensorboard_writer(folder: Path, step: int) -> Any:
-    """A TensorBoard writer for a run's metric lines. Events at or after `step` (written after the checkpoint a
-    run resumes from, and written again now) are purged, so the curves stay continuous across resumes."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError('train.tensorboard needs the tensorboard package: pip install -e ".[tb]"') from None
-    return SummaryWriter(str(folder), purge_step=step)
+    """A TensorBoard writer for a run's metric lines. Events after `step` (the checkpoint a run resumes from:
+    written before a crash, and written again now) are purged, so the curves stay continuous."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder), purge_step=step + 1)
 
 
 def set_threads(threads: int) -> None:
@@ -121,6 +120,8 @@ class Trainer:
     def __init__(self, agent: Agent, run_dir: str | Path | RunFolder | None = None):
         self.agent = agent
         cfg = agent.config
+        if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError('train.tensorboard needs the tensorboard package: pip install -e ".[tb]"')
         set_threads(cfg.threads)
         self.env = envs.make_vector(cfg.env_id, cfg.train.envs, mode=cfg.train.vector, **cfg.env_options())
         images = len(agent.obs_shape) == 3

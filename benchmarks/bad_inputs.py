@@ -101,6 +101,15 @@ def cases(run: Path, tmp: Path) -> list[tuple[list[str], int, str]]:
         (["dream", str(run), "--context", "0"], 2, "--context must be > 0"),
         (["dream", str(run), "--out", "dream.gif"], 2, "unsupported format .gif here; use .png"),
         (["config", "--preset", "huge"], 2, "unknown preset 'huge'"),
+        # experiments
+        (["sweep", "--preset", "tiny"], 2, "--dir is required"),
+        (["sweep", "--seeds", "two", "--dir", str(tmp / "grid")], 2, "--seeds expects a count or a comma-separated"),
+        (["sweep", "--set", "seed=3", "--dir", str(tmp / "grid")], 2, "--set seed: give it as an argument or option"),
+        (["sweep", "--dir", str(tmp / "file")], 2, "is a file, not a folder"),
+        (["runs", str(tmp / "nowhere")], 2, "no such folder"),
+        (["compare", str(tmp / "empty")], 2, "no readable run folders"),
+        (["plot", str(run), "--stat", "median", "--terminal"], 2, "--stat must be iqm or mean"),
+        (["plot", str(run)], 2, "give --out FILE.png, or --terminal"),
         (["config", "--set", "nonsense"], 2, "--set expects key=value"),
     ]
     if importlib.util.find_spec("minatar") is not None:
