@@ -172,22 +172,32 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_on_an_existing_cluster_by_address(tmp_path):
+def test_a_sweep_runs_on_an_existing_cluster_by_address(tmp_path, monkeypatch):
     port = free_port()
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    # a cluster of this test alone, on loopback: no token to share with the driver
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--num-cpus=2", "--include-dashboard=false"], capture_output=True, text=True, env=env,
-                             timeout=120)  # fmt: skip
-    assert started.returncode == 0, started.stderr
+    # the head in the foreground (--block) and a session of its own, so that only its processes are stopped
+    # afterwards: `ray stop` would stop every Ray cluster of this user on the machine
+    command = [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+               "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    head = subprocess.Popen(command, env=env, start_new_session=True, **quiet)
     try:
         folder = tmp_path / "grid"
-        result = runner.invoke(app, ["sweep", "--preset", "tiny", "--steps", "150", "--dir", str(folder),
-                                     "--address", f"127.0.0.1:{port}"])  # fmt: skip
+        deadline = time.time() + 120
+        while True:  # until the head accepts the sweep's connection
+            result = runner.invoke(app, ["sweep", "--preset", "tiny", "--steps", "150", "--dir", str(folder),
+                                         "--address", f"127.0.0.1:{port}"])  # fmt: skip
+            if result.exit_code != 2 or time.time() > deadline:
+                break
+            time.sleep(2)
         assert result.exit_code == 0, result.output
         assert "127.0.0.1" in result.output and read_run(folder / "CartPole-v1-categorical-seed0").status == "finished"
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
 
 
 def test_without_ray_agent_sweep_says_how_to_install_it(monkeypatch):
