@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
+from agent.analysis import compare
 from agent.checkpoint import atomic_write_text
-from agent.runs import compare, find_runs, read_run
+from agent.runs import read_runs, safe_name
 
 
 def main() -> None:
@@ -25,19 +26,19 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/ablation-<env>.json")
     args = parser.parse_args()
-    infos = [read_run(path) for path in find_runs([args.sweep])]
+    infos, unreadable = read_runs([args.sweep])
     records = []
     for info in infos:
         steps, values = info.curve()
-        records.append({"run": info.path.name, "env_id": info.config["env_id"], "quantizer": info.config["quantizer"],
-                        "seed": info.config["seed"], "status": info.status, "env_steps": info.env_steps,
-                        "total_steps": info.total_steps, "final": float(values[-1]) if len(values) else None,
-                        "best": float(values.max()) if len(values) else None,
+        summary = info.summary()  # best_eval: the best confirmed evaluation (10 + 20 episodes)
+        records.append({**summary, "run": info.path.name, "final": float(values[-1]) if len(values) else None,
                         "seconds": info.metrics[-1]["time/seconds"] if info.metrics else None,
                         "curve": [[int(s), float(v)] for s, v in zip(steps, values, strict=True)]})  # fmt: skip
     finished = [info for info in infos if info.status == "finished"]
     report = compare(finished, threshold=args.threshold) if finished else None
-    env = infos[0].config["env_id"].replace("/", "_") if infos else "none"
+    for path, why in unreadable:
+        print(f"left out {path}: {why}")
+    env = safe_name(infos[0].config["env_id"]) if infos else "none"
     out = args.out or Path("benchmarks/results") / f"ablation-{env}.json"
     atomic_write_text(out, json.dumps({"sweep": str(args.sweep), "runs": records, "compare": report}, indent=1))
     print(f"{len(finished)}/{len(records)} runs finished; wrote {out}")
