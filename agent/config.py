@@ -95,6 +95,7 @@ class Config:
     env_id: str = "CartPole-v1"  # a Gymnasium id, or module:EnvId for a custom env the module registers
     obs: str = "state"  # state: the env's own observations (vectors or images); pixels: its rendered frames
     image_size: int = 64  # side of the frames with obs=pixels
+    action_repeat: int = 1  # env steps per agent step (the action held, rewards summed; DMC: 2); counts env steps
     quantizer: str = "categorical"  # one of agent.quantize.QUANTIZERS
     quantizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"groups": 32}
     seed: int = 0  # seeds weights, actions, replay sampling and environments: runs repeat exactly on the CPU
@@ -109,7 +110,7 @@ class Config:
 
     def env_options(self) -> dict[str, Any]:
         """What envs.make needs besides the id."""
-        return {"obs": self.obs, "size": self.image_size}
+        return {"obs": self.obs, "size": self.image_size, "action_repeat": self.action_repeat}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -346,7 +347,7 @@ def validate(config: Config) -> None:
     m, a, t = config.model, config.actor_critic, config.train
     positive = {
         "model.deter": m.deter, "model.hidden": m.hidden, "model.layers": m.layers, "model.lr": m.lr,
-        "model.cnn_depth": m.cnn_depth, "image_size": config.image_size,
+        "model.cnn_depth": m.cnn_depth, "image_size": config.image_size, "action_repeat": config.action_repeat,
         "model.grad_clip": m.grad_clip, "actor_critic.horizon": a.horizon, "actor_critic.actor_lr": a.actor_lr,
         "actor_critic.critic_lr": a.critic_lr, "actor_critic.grad_clip": a.grad_clip,
         "train.steps": t.steps, "train.batch": t.batch, "train.seq_len": t.seq_len,

@@ -195,8 +195,11 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
     if stop.exists():
         return {"status": "stopped"}
     if (path / "config.json").exists():
-        found = RunFolder.read_config_of(path)
-        if {**found, "threads": None} != {**config, "threads": None}:
+        try:  # compared as validated configs: a key added since the run began takes its default on both sides
+            found = from_dict({**RunFolder.read_config_of(path), "threads": threads}).to_dict()
+        except ConfigError as error:
+            return {"status": "failed", "error": f"{path / 'config.json'}: {error}"}
+        if found != from_dict({**config, "threads": threads}).to_dict():
             return {"status": "failed", "error": f"{path} holds a run of another config; move it away"}
         trainer = Trainer.resume(path, {"threads": threads})
     else:

@@ -286,7 +286,7 @@ class Trainer:
         })  # fmt: skip
         real = ~self.is_last  # a step after is_last only resets its sub-environment
         obs, reward, term, trunc, _ = self.env.step(envs.to_env_action(action, agent.discrete))
-        counters["env_steps"] += int(real.sum())
+        counters["env_steps"] += int(real.sum()) * cfg.action_repeat  # the env's own steps, as scores count them
         self.is_first = self.is_last.copy()
         self.obs, self.reward = obs, reward.astype(np.float32)
         self.is_last, self.is_terminal = term | trunc, term.copy()
@@ -395,7 +395,9 @@ class Trainer:
                     self.collect()
                     now = counters["env_steps"]
                     if now >= t.prefill and self.replay.count >= t.seq_len:
-                        while counters["updates"] < now * t.train_ratio / replayed and not self.stop_requested:
+                        # train_ratio: replayed steps per stored (agent) step
+                        due = now // cfg.action_repeat * t.train_ratio / replayed
+                        while counters["updates"] < due and not self.stop_requested:
                             metrics = self.update()
                             if metrics is not None:
                                 for key, value in metrics.items():

@@ -175,6 +175,24 @@ class ChannelsFirst(gym.ObservationWrapper):
         return (obs * self.scale).astype(np.uint8)
 
 
+class ActionRepeat(gym.Wrapper):
+    """Each action held for `repeat` env steps (fewer when the episode ends first), their rewards summed:
+    DreamerV3's action repeat for DMC. Scores count the env's own steps: `repeat` per agent step."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
 class PixelObservation(gym.ObservationWrapper):
     """The env's rgb_array frame, resized to size x size, as (3, size, size) uint8 observations."""
 
@@ -213,7 +231,9 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
 
 
-def make(env_id: str, render_mode: str | None = None, obs: str = "state", size: int = 64, **options) -> gym.Env:
+def make(
+    env_id: str, render_mode: str | None = None, obs: str = "state", size: int = 64, action_repeat: int = 1, **options
+) -> gym.Env:
     """A single environment with the project's conventions; raises EnvError on bad input."""
     if obs not in OBS_MODES:
         raise EnvError(f"obs must be one of {', '.join(OBS_MODES)}, got {obs!r}")
@@ -245,6 +265,8 @@ def make(env_id: str, render_mode: str | None = None, obs: str = "state", size: 
     if isinstance(env.action_space, gym.spaces.Box):
         low, high = np.full(env.action_space.shape, -1.0, np.float32), np.full(env.action_space.shape, 1.0, np.float32)
         env = gym.wrappers.RescaleAction(env, low, high)
+    if action_repeat > 1:
+        env = ActionRepeat(env, action_repeat)
     if is_image(env.observation_space):
         if not isinstance(env, PixelObservation):
             env = ChannelsFirst(env)

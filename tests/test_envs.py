@@ -119,3 +119,12 @@ def test_pixel_observations_of_envs_that_cannot_render_are_refused_in_one_line()
 def test_minatar_with_pixel_observations_says_its_observations_are_images_already():
     with pytest.raises(envs.EnvError, match="its own observations are images already: use --obs state"):
         envs.make("MinAtar/Breakout-v1", obs="pixels")
+
+
+def test_action_repeat_holds_the_action_and_sums_rewards_until_the_episode_ends():
+    env = envs.make("CartPole-v1", action_repeat=3, max_episode_steps=7)
+    env.reset(seed=0)
+    rewards = [env.step(0)[1] for _ in range(2)]
+    assert rewards == [3.0, 3.0]
+    _, reward, terminated, truncated, _ = env.step(0)  # the 7th env step ends the episode: one step, not three
+    assert reward == 1.0 and (terminated or truncated)

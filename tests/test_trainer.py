@@ -234,3 +234,11 @@ def test_a_gpu_run_resumes_on_a_cpu_only_machine_with_device_cpu(tmp_path):
         assert moved.agent.device.type == "cpu" and moved.counters["env_steps"] == 120
         moved.learn()
         assert moved.counters["env_steps"] == 150
+
+
+def test_with_action_repeat_env_steps_count_the_envs_own_steps_and_updates_follow_agent_steps():
+    trainer = Trainer.create("CartPole-v1", preset="tiny", action_repeat=2, train={"steps": 200, "eval_every": 0})
+    trainer.learn()
+    assert trainer.counters["env_steps"] == 200  # 100 agent steps of 2 env steps each
+    assert trainer.replay.total == 100 + trainer.counters["episodes"]  # a reset step after each episode
+    assert trainer.counters["updates"] == (200 // 2) * 8 // 32  # train ratio 8 per stored step, 32 a batch
