@@ -232,8 +232,10 @@ def start_ray(ray: Any, address: str | None, cpus_per_run: int) -> None:
     has `cpus_per_run` CPUs (the runs would wait for ever)."""
     try:
         if address is None:
-            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, _node_ip_address="127.0.0.1")  # fmt: skip
+            # "local": a new cluster of this machine alone, even where another one runs (or a stale one is
+            # recorded in /tmp/ray), its servers on loopback
+            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR, _node_ip_address="127.0.0.1")  # fmt: skip
         else:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as error:  # a malformed or unreachable address, a version mismatch
