@@ -646,8 +646,10 @@ def sweep(
         console.print(f"sweep of {len(runs)} runs in [cyan]{escape(str(dir_))}[/] on Ray ({escape(where)})")
         view = SweepView(dir_, runs)
         try:
+            started = time.perf_counter()
             with Live(view, console=console, refresh_per_second=1, transient=not console.is_terminal):
                 results = run_sweep(dir_, grid, runs, address, cpus_per_run, on_update=view.update)
+            wall = time.perf_counter() - started
         except KeyboardInterrupt:
             results = None
     if results is None or any(result["status"] == "stopped" for result in results.values()):
@@ -659,6 +661,10 @@ def sweep(
         raise typer.Exit(130)
     view.update(results)
     console.print(view.table())
+    trained = [result["task_seconds"] for result in results.values() if "task_seconds" in result]
+    if trained:  # the parallel speed-up: the runs' own training time against the sweep's wall-clock
+        console.print(f"trained {len(trained)} runs in {wall:,.0f} s; their own times add up to "
+                      f"{sum(trained):,.0f} s ({sum(trained) / wall:.2f}x in parallel)")  # fmt: skip
     failed = [name for name, result in results.items() if result["status"] == "failed"]
     if failed:
         errors.print(f"error: {len(failed)} of {len(results)} runs failed (see the table)", highlight=False,

@@ -205,6 +205,7 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
     else:
         trainer = Trainer(Agent.from_config(from_dict({**config, "threads": threads})), path)
     with trainer:
+        before = trainer.seconds_before  # a resumed run's earlier sessions: not this task's work
 
         def watch_for_stop(line: dict[str, Any]) -> None:
             if stop.exists():
@@ -216,7 +217,9 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
             return {"status": "stopped", "env_steps": trainer.counters["env_steps"]}
         except TrainingError as error:
             return {"status": "failed", "error": str(error)}
-    return {"status": "finished", "env_steps": trainer.counters["env_steps"], "seconds": trainer.seconds()}
+    # seconds: the run's whole training time; task_seconds: this task's share (the parallel speed-up's sum)
+    return {"status": "finished", "env_steps": trainer.counters["env_steps"], "seconds": trainer.seconds(),
+            "task_seconds": trainer.seconds() - before}  # fmt: skip
 
 
 def import_ray() -> Any:

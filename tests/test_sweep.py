@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +47,7 @@ def test_a_sweep_makes_a_run_folder_per_cell_and_a_table(swept):
         assert info.status == "finished" and info.env_steps == 150 and metric_steps(run)[-1] == 150
         assert info.config["seed"] in (0, 1) and info.config["threads"] == 1
     assert all(run.name in " ".join(output.split()) for run in runs) and "finished" in output
+    assert re.search(r"trained 4 runs in [\d,]+ s; their own times add up to [\d,]+ s \([\d.]+x in parallel\)", output)
 
 
 def test_running_the_same_sweep_again_starts_nothing_and_a_changed_grid_is_refused(swept):
@@ -54,6 +56,7 @@ def test_running_the_same_sweep_again_starts_nothing_and_a_changed_grid_is_refus
     result = runner.invoke(app, [*SWEEP, "--dir", str(folder)])
     assert result.exit_code == 0, result.output
     assert {run: (run / "metrics.jsonl").stat().st_mtime_ns for run in find_runs([folder])} == before
+    assert "trained" not in result.output
     result = runner.invoke(app, [*SWEEP[:-1], "300", "--dir", str(folder)])
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "holds a different sweep (it differs in overrides)" in lines[0]
@@ -105,6 +108,10 @@ def test_a_run_sees_the_stop_file_and_ends_with_a_checkpoint(tmp_path):
     timer.join()
     assert result["status"] == "stopped" and 0 < result["env_steps"] < 3000
     assert read_run(run).env_steps == result["env_steps"] and read_run(run).status == "interrupted"
+    stop.unlink()
+    resumed = train_run(str(run), config.to_dict(), 1, str(stop))
+    assert resumed["status"] == "finished" and read_run(run).env_steps == 3000
+    assert 0 < resumed["task_seconds"] < resumed["seconds"]  # this task's share of the run's time
 
 
 @pytest.mark.slow
