@@ -4,7 +4,9 @@ final and best evaluation) and `agent compare`'s report over the finished ones.
     agent sweep CartPole-v1 -q round,fsq,binary,categorical,gumbel,reinmax,gumbel_rao,vq --seeds 5 \\
         --steps 15000 --dir runs/ablation-CartPole-v1
     python benchmarks/ablation.py runs/ablation-CartPole-v1 --threshold 475
+    agent plot runs/ablation-CartPole-v1 --out benchmarks/results/ablation-CartPole-v1.png
 
+Beside the JSON it writes the comparison as a Markdown table (ablation-<env>.md), for the README.
 Runs that have not finished are exported with their curve so far, so that a grid spread over several
 sessions adds up; the report covers finished runs only.
 """
@@ -18,6 +20,31 @@ from pathlib import Path
 from agent.analysis import compare
 from agent.checkpoint import atomic_write_text
 from agent.runs import read_runs, safe_name
+
+
+def interval(row: dict, key: str, digits: int = 1) -> str:
+    low, high = row[f"{key}_ci"]
+    return f"{row[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown(report: dict) -> str:
+    """One table per env: each group's final value and area under the curve (IQM, 95% CI), threshold."""
+    lines = []
+    threshold = report["threshold"]
+    for env_id, result in report["envs"].items():
+        header = ["quantizer", "seeds", "final, IQM [95% CI]", "area under curve, IQM [95% CI]"]
+        if threshold is not None:
+            header += [f"reached {threshold:g}", "median env steps to it"]
+        lines += [f"**{env_id}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = sorted(result["groups"].items(), key=lambda item: -item[1]["auc_iqm"])
+        for name, row in rows:
+            cells = [name, str(row["seeds"]), interval(row, "final_iqm"), interval(row, "auc_iqm")]
+            if threshold is not None:
+                steps = row["median_steps_of_those_reaching"]
+                cells += [f"{row['reached']}/{row['seeds']}", "-" if steps is None else f"{steps:,.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -41,6 +68,8 @@ def main() -> None:
     env = safe_name(infos[0].config["env_id"]) if infos else "none"
     out = args.out or Path("benchmarks/results") / f"ablation-{env}.json"
     atomic_write_text(out, json.dumps({"sweep": str(args.sweep), "runs": records, "compare": report}, indent=1))
+    if report is not None:
+        atomic_write_text(out.with_suffix(".md"), markdown(report))
     print(f"{len(finished)}/{len(records)} runs finished; wrote {out}")
 
 
