@@ -74,7 +74,8 @@ def make_model(algo: str, env: gym.Env, seed: int, steps: int, action_repeat: in
     settings = dict(DQN_SETTINGS, exploration_fraction=min(1.0, EPSILON_FRAMES / action_repeat / agent_steps))
     image = len(env.observation_space.shape) == 3
     # images: SB3 divides uint8 observations by 255 itself (MinAtar's cells are 0 or 255)
-    kwargs = {"features_extractor_class": minatar_cnn(env.observation_space)} if image else {}
+    # the paper: the 128 units feed the Q-values directly (no further layers: net_arch=[])
+    kwargs = {"features_extractor_class": minatar_cnn(env.observation_space), "net_arch": []} if image else {}
     return DQN("MlpPolicy", env, seed=seed, device="cpu", verbose=0, policy_kwargs=kwargs, **settings)
 
 
