@@ -82,6 +82,10 @@ def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Sp
 def register_namespace(namespace: str) -> None:
     """Import the optional package that registers a namespace's ids; EnvError with its install command."""
     module, install = OPTIONAL_NAMESPACES[namespace]
+    if namespace == "dm_control" and not has_display():
+        # MuJoCo's default GL backend (GLFW) needs a display: render headless through EGL, as pygame
+        # renders with SDL_VIDEODRIVER=dummy (set before dm_control is imported, which reads it once)
+        os.environ.setdefault("MUJOCO_GL", "egl")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # MinAtar warns at import that its GUI packages are missing: not needed here

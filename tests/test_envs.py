@@ -1,6 +1,10 @@
 """Environment creation, checks and conventions."""
 
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -128,3 +132,14 @@ def test_action_repeat_holds_the_action_and_sums_rewards_until_the_episode_ends(
     assert rewards == [3.0, 3.0]
     _, reward, terminated, truncated, _ = env.step(0)  # the 7th env step ends the episode: one step, not three
     assert reward == 1.0 and (terminated or truncated)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("shimmy") is None, reason='needs pip install -e ".[dmc]"')
+def test_dm_control_renders_frames_without_a_display():
+    script = ("import envs; env = envs.make('dm_control/cartpole-swingup-v0', render_mode='rgb_array'); "
+              "env.reset(seed=0); print(env.render().shape)")  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL")}
+    result = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "(240, 320, 3)"
