@@ -860,11 +860,12 @@ def compare_runs(
                 cells += [f"{row['reached']}/{row['seeds']}", "—" if median is None else f"{median:,.0f}"]
             table.add_row(*cells)
         console.print(table)
-        pairs = Table(title=f"{escape(env_id)}: probability of improvement P(A > B) of the final value")
-        for column in ("A > B", "P", "95% CI"):
+        pairs = Table(title=f"{escape(env_id)}: probability of improvement P(A > B)")
+        for column in ("A > B", "final", "95% CI", "area under curve", "95% CI "):
             pairs.add_column(column, justify="left" if column == "A > B" else "right")
         for pair, value in result["probability_of_improvement"].items():
-            pairs.add_row(escape(pair), f"{value['p']:.2f}", f"[{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]")
+            pairs.add_row(escape(pair), f"{value['p']:.2f}", f"[{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]",
+                          f"{value['auc_p']:.2f}", f"[{value['auc_ci'][0]:.2f}, {value['auc_ci'][1]:.2f}]")  # fmt: skip
         console.print(pairs)
 
 

@@ -55,7 +55,8 @@ def compare(
     seeds, the IQM and mean of the final value and of the area under the curve (the curve's mean over env
     steps) with 95% bootstrap intervals (stratified over tasks: with one env per comparison, over seeds),
     env steps to `threshold` among the runs that reached it, and the probability that a run of one group
-    ends above a run of another, P(A > B), for every pair in order (P(B > A) is 1 minus it)."""
+    ends above a run of another, P(A > B), of the final value (p, ci) and of the area under the curve
+    (auc_p, auc_ci), for every pair in order (P(B > A) is 1 minus it)."""
     finished = [info for info in infos if info.status == "finished"]
     unfinished = [str(info.path) for info in infos if info.status != "finished"]
     report: dict[str, Any] = {"group": group, "metric": metric, "threshold": threshold, "envs": {},
@@ -80,6 +81,8 @@ def compare(
             f"{a} > {b}": {
                 "p": stats.probability_of_improvement(finals[a], finals[b]),
                 "ci": stats.probability_of_improvement_ci(finals[a], finals[b], reps),
+                "auc_p": stats.probability_of_improvement(areas[a], areas[b]),
+                "auc_ci": stats.probability_of_improvement_ci(areas[a], areas[b], reps),
             }
             for a, b in itertools.combinations(groups, 2)
         }

@@ -92,6 +92,7 @@ def test_compare_matches_a_hand_computation_over_finished_runs(tmp_path, monkeyp
     # P(a > b): 10 beats three 5s, loses to 100; 20, 30, 40 likewise: 12 of 16 pairs
     improvement = report["envs"]["CartPole-v1"]["probability_of_improvement"]
     assert list(improvement) == ["a > b"] and improvement["a > b"]["p"] == 0.75  # P(b > a) is 1 minus it
+    assert improvement["a > b"]["auc_p"] == 0.75  # each area is f / 2: the same order as the finals
 
 
 def test_plot_writes_a_png_and_draws_in_the_terminal(group_of_runs, tmp_path):
