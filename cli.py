@@ -663,8 +663,8 @@ def sweep(
     console.print(view.table())
     trained = [result["task_seconds"] for result in results.values() if "task_seconds" in result]
     if trained:  # the parallel speed-up: the runs' own training time against the sweep's wall-clock
-        console.print(f"trained {len(trained)} runs in {wall:,.0f} s; their own times add up to "
-                      f"{sum(trained):,.0f} s ({sum(trained) / wall:.2f}x in parallel)")  # fmt: skip
+        console.print(f"trained {len(trained)} runs in {wall:,.0f} s (Ray's start included); their own times "
+                      f"add up to {sum(trained):,.0f} s ({sum(trained) / wall:.2f}x in parallel)")  # fmt: skip
     failed = [name for name, result in results.items() if result["status"] == "failed"]
     if failed:
         errors.print(f"error: {len(failed)} of {len(results)} runs failed (see the table)", highlight=False,
@@ -861,7 +861,7 @@ def compare_runs(
             table.add_row(*cells)
         console.print(table)
         pairs = Table(title=f"{escape(env_id)}: probability of improvement P(A > B)")
-        for column in ("A > B", "final", "95% CI", "area under curve", "95% CI "):
+        for column in ("A > B", "P, final", "final 95% CI", "P, area under curve", "area 95% CI"):
             pairs.add_column(column, justify="left" if column == "A > B" else "right")
         for pair, value in result["probability_of_improvement"].items():
             pairs.add_row(escape(pair), f"{value['p']:.2f}", f"[{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]",

@@ -217,9 +217,10 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
             return {"status": "stopped", "env_steps": trainer.counters["env_steps"]}
         except TrainingError as error:
             return {"status": "failed", "error": str(error)}
-    # seconds: the run's whole training time; task_seconds: this task's share (the parallel speed-up's sum)
-    return {"status": "finished", "env_steps": trainer.counters["env_steps"], "seconds": trainer.seconds(),
-            "task_seconds": trainer.seconds() - before}  # fmt: skip
+    seconds = trainer.seconds_before  # the run's whole training time, as learn() left it
+    # task_seconds: this task's share of it, what a sweep's parallel speed-up adds up
+    return {"status": "finished", "env_steps": trainer.counters["env_steps"], "seconds": seconds,
+            "task_seconds": seconds - before}  # fmt: skip
 
 
 def import_ray() -> Any:

@@ -25,10 +25,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
+from peers import sb3_mean_return  # benchmarks/: the SB3 peers' evaluation, shared
 from rich.console import Console
 from rich.table import Table
 
+import envs
 from agent import Agent, Trainer, evaluate
 from agent.checkpoint import atomic_write_text
 from agent.config import make_config, parse_overrides
@@ -88,7 +89,6 @@ PPO_CARTPOLE = {"n_envs": 8, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8
 
 def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
     """SB3 PPO on one seed: evaluation curve and the steps/seconds to the threshold."""
-    import gymnasium as gym
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -102,17 +102,10 @@ def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
     curve: list[dict] = []
     start = time.perf_counter()
 
+    evaluation_env = envs.make_vector(args.env, 10)  # built once, as the agent's runs do
+
     def evaluate_ppo(evaluation: int) -> float:
-        envs = gym.make_vec(args.env, num_envs=10, vectorization_mode="sync")
-        obs, _ = envs.reset(seed=evaluation_seed(seed, evaluation, 10))  # as the agent's evaluations
-        returns, running = np.zeros(10), np.ones(10, bool)
-        while running.any():
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, term, trunc, _ = envs.step(action)
-            returns += reward * running
-            running &= ~(term | trunc)
-        envs.close()
-        return float(returns.mean())
+        return sb3_mean_return(model, evaluation_env, evaluation_seed(seed, evaluation, 10))
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
@@ -128,6 +121,7 @@ def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
             return self.num_timesteps < args.ppo_steps
 
     model.learn(total_timesteps=total, callback=Evaluate())
+    evaluation_env.close()
     reached = next((point for point in curve if point["return"] >= args.threshold), None)
     return {
         "seed": seed,

@@ -22,6 +22,7 @@ a one-line message.
 
 from __future__ import annotations
 
+import ctypes.util
 import difflib
 import importlib
 import logging
@@ -79,12 +80,18 @@ def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Sp
     raise EnvError(f"{env_id}: action space {act} is not supported; expected Discrete or a 1-D Box")
 
 
+def headless_egl() -> bool:
+    """Whether MuJoCo can render without a display through EGL (Linux with libEGL)."""
+    return sys.platform.startswith("linux") and ctypes.util.find_library("EGL") is not None
+
+
 def register_namespace(namespace: str) -> None:
     """Import the optional package that registers a namespace's ids; EnvError with its install command."""
     module, install = OPTIONAL_NAMESPACES[namespace]
-    if namespace == "dm_control" and not has_display():
+    if namespace == "dm_control" and not has_display() and headless_egl():
         # MuJoCo's default GL backend (GLFW) needs a display: render headless through EGL, as pygame
-        # renders with SDL_VIDEODRIVER=dummy (set before dm_control is imported, which reads it once)
+        # renders with SDL_VIDEODRIVER=dummy (set before dm_control is imported, which reads it once;
+        # only where libEGL exists: dm_control would fail to import with a backend it cannot load)
         os.environ.setdefault("MUJOCO_GL", "egl")
     root = logging.getLogger()
     level = root.level

@@ -74,7 +74,8 @@ def test_compare_matches_a_hand_computation_over_finished_runs(tmp_path, monkeyp
     finals = {"a": [10.0, 20.0, 30.0, 40.0], "b": [5.0, 5.0, 5.0, 100.0]}
     for group, values in finals.items():
         for seed, final in enumerate(values):
-            write_run(tmp_path / f"{group}{seed}", group, seed, [(0, 0.0), (1000, final / 2), (2000, final)])
+            middle = -20.0 if (group, seed) == ("b", 3) else final / 2  # a late learner: its area is small
+            write_run(tmp_path / f"{group}{seed}", group, seed, [(0, 0.0), (1000, middle), (2000, final)])
     write_run(tmp_path / "a9", "a", 9, [(0, 0.0), (1000, 900.0)])  # unfinished: its last value is not final
     infos = [read_run(p) for p in find_runs([tmp_path])]
     for info in infos:
@@ -84,15 +85,19 @@ def test_compare_matches_a_hand_computation_over_finished_runs(tmp_path, monkeyp
     rows = report["envs"]["CartPole-v1"]["groups"]
     assert rows["a"]["seeds"] == 4 and rows["a"]["final_mean"] == 25.0 and rows["a"]["final_iqm"] == 25.0  # 20, 30
     assert rows["b"]["final_mean"] == pytest.approx(28.75) and rows["b"]["final_iqm"] == 5.0  # the middle two: 5, 5
-    # each curve's mean over env steps: (0 + f/2)/2 * 1000 + (f/2 + f)/2 * 1000 over 2000 = f/2
-    assert rows["a"]["auc_mean"] == pytest.approx(12.5)
+    # each curve's mean over env steps: (0 + f/2)/2 * 1000 + (f/2 + f)/2 * 1000 over 2000 = f/2; b3's
+    # ((0 - 20)/2 + (-20 + 100)/2) * 1000 / 2000 = 15
+    assert rows["a"]["auc_mean"] == pytest.approx(12.5) and rows["b"]["auc_mean"] == pytest.approx(5.625)
     assert rows["a"]["reached"] == 3 and rows["a"]["median_steps_of_those_reaching"] == 1000.0  # 2k; 1k, 1k
     low, high = rows["b"]["final_iqm_ci"]
     assert low <= 5.0 <= high
     # P(a > b): 10 beats three 5s, loses to 100; 20, 30, 40 likewise: 12 of 16 pairs
     improvement = report["envs"]["CartPole-v1"]["probability_of_improvement"]
     assert list(improvement) == ["a > b"] and improvement["a > b"]["p"] == 0.75  # P(b > a) is 1 minus it
-    assert improvement["a > b"]["auc_p"] == 0.75  # each area is f / 2: the same order as the finals
+    # areas: a 5, 10, 15, 20; b 2.5, 2.5, 2.5, 15: 3 + 3 + 3.5 (a tie counts half) + 4 of 16 pairs
+    assert improvement["a > b"]["auc_p"] == pytest.approx(13.5 / 16)
+    low, high = improvement["a > b"]["auc_ci"]
+    assert 0 <= low <= 13.5 / 16 <= high <= 1
 
 
 def test_plot_writes_a_png_and_draws_in_the_terminal(group_of_runs, tmp_path):

@@ -135,6 +135,7 @@ def test_action_repeat_holds_the_action_and_sums_rewards_until_the_episode_ends(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("shimmy") is None, reason='needs pip install -e ".[dmc]"')
+@pytest.mark.skipif(not envs.headless_egl(), reason="needs libEGL to render without a display")
 def test_dm_control_renders_frames_without_a_display():
     script = ("import envs; env = envs.make('dm_control/cartpole-swingup-v0', render_mode='rgb_array'); "
               "env.reset(seed=0); print(env.render().shape)")  # fmt: skip
