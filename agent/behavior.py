@@ -48,15 +48,18 @@ def trajectory_weights(start_cont: Tensor, cont: Tensor, gamma: float) -> Tensor
 
 class ReturnNorm(nn.Module):
     """Scale = max(1, EMA(P95) - EMA(P5)) of the returns: advantages are divided by it, so one entropy
-    coefficient suits sparse and dense rewards alike, while small returns are not blown up.
+    coefficient suits sparse and dense rewards alike, while small returns are not blown up. With
+    magnitude=True the scale is also at least max(|EMA(P5)|, |EMA(P95)|): where returns hardly vary
+    but are large (a cost on every step), the model's errors, relative to what it predicts, would
+    otherwise outweigh the entropy bonus and collapse the policy.
 
     `statistics` computes the EMAs that a batch of returns would give without storing them; the trainer
     `commit`s them once the update they belong to is known to be finite, so a bad batch changes nothing.
     """
 
-    def __init__(self, decay: float):
+    def __init__(self, decay: float, magnitude: bool = False):
         super().__init__()
-        self.decay = decay
+        self.decay, self.magnitude = decay, magnitude
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
@@ -68,9 +71,9 @@ class ReturnNorm(nn.Module):
         averaged = torch.stack([self.low, self.high]).lerp(batch, 1 - self.decay)
         return torch.where(self.started, averaged, batch)  # no host sync on the started flag
 
-    @staticmethod
-    def scale(stats: Tensor) -> Tensor:
-        return (stats[1] - stats[0]).clamp_min(1.0)
+    def scale(self, stats: Tensor) -> Tensor:
+        spread = stats[1] - stats[0]
+        return (torch.maximum(spread, stats.abs().max()) if self.magnitude else spread).clamp_min(1.0)
 
     @torch.no_grad()
     def commit(self, stats: Tensor) -> None:
@@ -97,7 +100,7 @@ class ActorCritic(nn.Module):
         self.critic = MLP(feat_dim, cfg.critic_bins, hidden, layers, zero_out=True)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("critic_grid", symlog_bins(cfg.critic_bins), persistent=False)
-        self.return_norm = ReturnNorm(cfg.return_norm_decay)
+        self.return_norm = ReturnNorm(cfg.return_norm_decay, magnitude=cfg.return_scale == "magnitude")
         mode = cfg.actor_grad if cfg.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
         self.backprop = mode == "dynamics"
 

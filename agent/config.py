@@ -60,6 +60,10 @@ class ActorCriticConfig:
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic
     slow_critic_reg: float = 1.0  # weight of the pull towards the slow critic
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
+    # spread: advantages / max(1, P95 - P5) (DreamerV3); magnitude: / max(1, P95 - P5, |P5|, |P95|), so that
+    # model errors, which grow with the size of what it predicts, do not outweigh the entropy bonus when
+    # the returns hardly vary (see the README's notes on exploration; under evaluation, not the default)
+    return_scale: str = "spread"  # advantages / max(1, P95 - P5); magnitude: also at least |P5| and |P95|
     actor_lr: float = 1e-4  # Adam learning rate of the actor
     critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
     eps: float = 1e-5  # Adam epsilon of the actor and the critic
@@ -384,6 +388,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.vector must be sync or async, got {t.vector!r}")
     if config.obs not in ("state", "pixels"):
         raise ConfigError(f"obs must be state or pixels, got {config.obs!r}")
+    if a.return_scale not in ("spread", "magnitude"):
+        raise ConfigError(f"actor_critic.return_scale must be spread or magnitude, got {a.return_scale!r}")
     if a.actor_grad not in ("auto", "reinforce", "dynamics"):
         raise ConfigError(f"actor_critic.actor_grad must be auto, reinforce or dynamics, got {a.actor_grad!r}")
     if t.steps <= t.prefill:

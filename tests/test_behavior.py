@@ -96,6 +96,14 @@ def test_return_norm_starts_at_the_first_batch_then_averages_and_floors_the_scal
     assert norm.scale(torch.tensor([0.0, 0.3])) == 1.0  # small returns are not blown up
 
 
+def test_the_magnitude_scale_is_at_least_the_size_of_the_returns():
+    spread, magnitude = ReturnNorm(decay=0.9), ReturnNorm(decay=0.9, magnitude=True)
+    constant_cost = torch.tensor([-66.8, -66.5])  # a cost on every step: large returns that hardly vary
+    assert spread.scale(constant_cost) == 1.0 and magnitude.scale(constant_cost) == pytest.approx(66.8)
+    assert magnitude.scale(torch.tensor([5.0, 95.0])) == 95.0 and magnitude.scale(torch.tensor([-30.0, 60.0])) == 90.0
+    assert magnitude.scale(torch.tensor([0.0, 0.3])) == 1.0  # the floor stays
+
+
 def test_return_norm_of_a_nonfinite_batch_is_nonfinite_so_the_trainer_never_commits_it():
     norm = ReturnNorm(decay=0.9)
     norm.commit(torch.tensor([1.0, 3.0]))
