@@ -62,7 +62,7 @@ class ActorCriticConfig:
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
     # spread: advantages / max(1, P95 - P5) (DreamerV3); magnitude: / max(1, P95 - P5, |P5|, |P95|), so that
     # model errors, which grow with the size of what it predicts, do not outweigh the entropy bonus when
-    # the returns hardly vary (see the README's notes on exploration; under evaluation, not the default)
+    # the returns hardly vary (README: Exploration; under evaluation, not the default)
     return_scale: str = "spread"  # advantages / max(1, P95 - P5); magnitude: also at least |P5| and |P95|
     actor_lr: float = 1e-4  # Adam learning rate of the actor
     critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
