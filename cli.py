@@ -749,14 +749,15 @@ def list_runs(
         return
     table = Table(title=f"{len(rows)} runs under {escape(str(folder))}")
     for column in ("run", "env", "quantizer", "seed", "env steps", "best eval", "last eval", "state", "age"):
-        table.add_column(
-            column, justify="right" if column in ("seed", "env steps", "best eval", "last eval") else "left"
-        )
+        justify = "right" if column in ("seed", "env steps", "best eval", "last eval") else "left"
+        table.add_column(column, justify=justify)
     for r in rows:
+        path = Path(r["run"])  # shown under the folder the title names; --json keeps whole paths
+        name = escape(str(path.relative_to(folder)) if path.is_relative_to(folder) and path != folder else path.name)
         if r["status"] == "unreadable":
-            table.add_row(escape(r["run"]), "", "", "", "", "", "", "unreadable", "")
+            table.add_row(name, "", "", "", "", "", "", "unreadable", "")
             continue
-        table.add_row(escape(r["run"]), escape(r["env_id"]), escape(r["quantizer"]), str(r["seed"]),
+        table.add_row(name, escape(r["env_id"]), escape(r["quantizer"]), str(r["seed"]),
                       f"{r['env_steps']:,}/{r['total_steps']:,}",
                       "—" if r["best_eval"] is None else f"{r['best_eval']:.1f}",
                       "—" if r["last_eval"] is None else f"{r['last_eval']:.1f}", r["status"],
