@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import cli
 from agent import Trainer
 from agent.analysis import compare
 from agent.runs import RunFolder, find_runs, read_run, read_runs
@@ -29,7 +30,7 @@ def group_of_runs(tmp_path_factory):
     return folder
 
 
-def test_runs_lists_state_progress_and_evaluations(group_of_runs, tmp_path):
+def test_runs_lists_state_progress_and_evaluations(group_of_runs, tmp_path, monkeypatch):
     result = runner.invoke(app, ["runs", str(group_of_runs), "--json"])
     rows = json.loads(result.output)
     assert len(rows) == 4 and {row["status"] for row in rows} == {"finished"}
@@ -37,6 +38,9 @@ def test_runs_lists_state_progress_and_evaluations(group_of_runs, tmp_path):
     assert {(row["quantizer"], row["seed"]) for row in rows} == {
         (q, s) for q in ("categorical", "round") for s in (0, 1)
     }
+    monkeypatch.setattr(cli.console, "width", 200)  # a terminal wide enough for whole names
+    table = runner.invoke(app, ["runs", str(group_of_runs)]).output
+    assert "│ round-0 " in table and str(group_of_runs / "round-0") not in table  # named under the folder
     copy = tmp_path / "copy"
     shutil.copytree(group_of_runs / "round-0", copy, ignore=shutil.ignore_patterns(".lock"))
     with RunFolder(copy, new=False):
