@@ -833,7 +833,7 @@ def compare_runs(
     """Per group, over finished runs: seeds, IQM and mean of the final value and of the area under the curve
     with 95% bootstrap intervals, env steps to --threshold, and the probability of improvement."""
     with user_errors(ctx):
-        from agent.analysis import compare
+        from agent.analysis import compare, with_interval
         from agent.config import ConfigError
 
         check_positive(reps=reps)
@@ -853,9 +853,7 @@ def compare_runs(
             table.add_column(column, justify="left" if column == "group" else "right")
         for name, row in result["groups"].items():
             cells = [escape(name), str(row["seeds"])]
-            for key in ("final_iqm", "final_mean", "auc_iqm", "auc_mean"):
-                low, high = row[f"{key}_ci"]
-                cells.append(f"{row[key]:.1f} [{low:.1f}, {high:.1f}]")
+            cells += [with_interval(row, key) for key in ("final_iqm", "final_mean", "auc_iqm", "auc_mean")]
             if threshold is not None:
                 median = row["median_steps_of_those_reaching"]
                 cells += [f"{row['reached']}/{row['seeds']}", "—" if median is None else f"{median:,.0f}"]

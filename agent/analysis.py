@@ -88,3 +88,9 @@ def compare(
         }
         report["envs"][env_id] = {"groups": rows, "probability_of_improvement": improvement}
     return report
+
+
+def with_interval(row: dict[str, Any], key: str) -> str:
+    """A compare row's value and its 95% interval as text: "461.0 [390.9, 500.0]"."""
+    low, high = row[f"{key}_ci"]
+    return f"{row[key]:.1f} [{low:.1f}, {high:.1f}]"

@@ -17,14 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.analysis import compare
+from agent.analysis import compare, with_interval
 from agent.checkpoint import atomic_write_text
 from agent.runs import read_runs, safe_name
-
-
-def interval(row: dict, key: str, digits: int = 1) -> str:
-    low, high = row[f"{key}_ci"]
-    return f"{row[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def markdown(report: dict) -> str:
@@ -38,7 +33,7 @@ def markdown(report: dict) -> str:
         lines += [f"**{env_id}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         rows = sorted(result["groups"].items(), key=lambda item: -item[1]["auc_iqm"])
         for name, row in rows:
-            cells = [name, str(row["seeds"]), interval(row, "final_iqm"), interval(row, "auc_iqm")]
+            cells = [name, str(row["seeds"]), with_interval(row, "final_iqm"), with_interval(row, "auc_iqm")]
             if threshold is not None:
                 steps = row["median_steps_of_those_reaching"]
                 cells += [f"{row['reached']}/{row['seeds']}", "-" if steps is None else f"{steps:,.0f}"]
