@@ -2,9 +2,11 @@
 
 From every replayed posterior state the actor acts for `horizon` steps inside the model. The critic
 (a symlog two-hot distribution, regularised towards a slow EMA copy of itself) learns lambda-returns;
-the actor maximises returns normalised by an EMA of their 5th-95th percentile range, with an entropy
-bonus. Gradients for the actor: REINFORCE (discrete actions; the rollout itself needs no graph), or
-backpropagation through the imagined dynamics, i.e. through the straight-through codes (continuous).
+the actor maximises returns normalised by the EMAs of their 5th and 95th percentiles (their range and,
+by default, their size: see ReturnNorm), with an entropy bonus; its output layer starts at zero, so the
+policy starts at its largest entropy. Gradients for the actor: REINFORCE (discrete actions; the rollout
+itself needs no graph), or backpropagation through the imagined dynamics, i.e. through the
+straight-through codes (continuous).
 
 Shape legend: H horizon, N start states, F features, A action dims.
 """
@@ -96,7 +98,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.cfg, self.discrete = cfg, discrete
         self.bf16 = bf16  # bfloat16 products in the heads over all imagined states (nets.batched_precision)
-        self.actor = MLP(feat_dim, action_dim if discrete else 2 * action_dim, hidden, layers)
+        # output layer at zero: the policy starts at its largest entropy, preferring nothing (DreamerV3: 0.01x)
+        self.actor = MLP(feat_dim, action_dim if discrete else 2 * action_dim, hidden, layers, zero_out=True)
         self.critic = MLP(feat_dim, cfg.critic_bins, hidden, layers, zero_out=True)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("critic_grid", symlog_bins(cfg.critic_bins), persistent=False)

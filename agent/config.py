@@ -60,10 +60,10 @@ class ActorCriticConfig:
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic
     slow_critic_reg: float = 1.0  # weight of the pull towards the slow critic
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
-    # spread: advantages / max(1, P95 - P5) (DreamerV3); magnitude: / max(1, P95 - P5, |P5|, |P95|), so that
-    # model errors, which grow with the size of what it predicts, do not outweigh the entropy bonus when
-    # the returns hardly vary (README: Exploration; under evaluation, not the default)
-    return_scale: str = "spread"  # advantages / max(1, P95 - P5); magnitude: also at least |P5| and |P95|
+    # magnitude: advantages / max(1, P95 - P5, |P5|, |P95|), so that model errors, which grow with the size
+    # of what it predicts, do not outweigh the entropy bonus when the returns hardly vary (README:
+    # Exploration); spread: / max(1, P95 - P5), DreamerV3's
+    return_scale: str = "magnitude"  # magnitude | spread
     actor_lr: float = 1e-4  # Adam learning rate of the actor
     critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
     eps: float = 1e-5  # Adam epsilon of the actor and the critic

@@ -209,6 +209,8 @@ def test_prior_gives_padding_classes_of_uneven_alphabets_no_mass_and_finite_grad
 def test_imagination_has_the_right_shapes_and_states_after_a_terminal_carry_no_weight():
     wm, config = tiny_model()
     ac = ActorCritic(config.model.deter + wm.quantizer.code_size, 2, True, config.actor_critic, 32, 1)
+    with torch.no_grad():  # a policy with preferences, as after training (the actor starts uniform)
+        ac.actor.out.weight.normal_(generator=gen(6))
     horizon, n = config.actor_critic.horizon, 10
     start = Latent(
         torch.randn(n, config.model.deter, generator=gen(3)),
