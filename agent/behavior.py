@@ -6,7 +6,7 @@ the actor maximises returns normalised by the EMAs of their 5th and 95th percent
 by default, their size: see ReturnNorm), with an entropy bonus; its output layer starts at zero, so the
 policy starts at its largest entropy. Gradients for the actor: REINFORCE (discrete actions; the rollout
 itself needs no graph), or backpropagation through the imagined dynamics, i.e. through the
-straight-through codes (continuous).
+straight-through codes, for the mean of a continuous policy, with REINFORCE for its std.
 
 Shape legend: H horizon, N start states, F features, A action dims.
 """
@@ -123,7 +123,10 @@ class ActorCritic(nn.Module):
             latent = start
             feats, actions = [latent.features()], []
             for _ in range(self.cfg.horizon):
-                action = self.policy(feats[-1].detach() if not self.backprop else feats[-1]).sample(generator)
+                policy = self.policy(feats[-1].detach() if not self.backprop else feats[-1])
+                if self.backprop:  # the std learns from the score-function term alone (see loss)
+                    policy = policy.detached(std=True)
+                action = policy.sample(generator)
                 latent = world_model.imagine_step(latent, action, generator)
                 feats.append(latent.features())
                 actions.append(action)
@@ -151,10 +154,13 @@ class ActorCritic(nn.Module):
         return_stats = self.return_norm.statistics(returns)
         scale = self.return_norm.scale(return_stats)
         entropy = policy.entropy()
+        advantage = ((returns - value[:-1]) / scale).detach()
         if self.backprop:
-            objective = returns / scale
+            # The mean follows the returns' gradient through the model; the std follows REINFORCE's
+            # score-function term. Through the straight-through codes the returns' gradient is biased,
+            # and its bias narrowed the std to its floor even where rewards say nothing (README: Exploration).
+            objective = returns / scale + policy.detached(loc=True).log_prob(actions.detach()) * advantage
         else:
-            advantage = ((returns - value[:-1]) / scale).detach()
             objective = policy.log_prob(actions.detach()) * advantage
         actor_loss = -(weight * (objective + cfg.entropy * entropy)).mean()
 

@@ -7,6 +7,7 @@ submodule's __call__.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -211,6 +212,12 @@ class BoundedNormal:
 
     def entropy(self) -> Tensor:
         return (0.5 + 0.5 * math.log(2 * math.pi) + self.std.log()).sum(-1)
+
+    def detached(self, loc: bool = False, std: bool = False) -> BoundedNormal:
+        """The same distribution with gradients stopped at its mean and/or its std."""
+        out = copy.copy(self)
+        out.loc, out.std = (self.loc.detach() if loc else self.loc), (self.std.detach() if std else self.std)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------

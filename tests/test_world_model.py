@@ -252,3 +252,29 @@ def test_dynamics_backprop_actor_gets_gradients_through_the_straight_through_cod
     prior_grad = torch.autograd.grad(ac.loss(wm, *ac.imagine(wm, start, gen(0)), torch.ones(6))[0],
                                      wm.prior.out.weight, allow_unused=True)[0]  # fmt: skip
     assert prior_grad is not None and prior_grad.abs().sum() > 0
+
+
+def test_a_dynamics_actor_moves_its_mean_through_the_model_and_its_std_by_the_score_function_alone():
+    config = make_config("tiny", quantizer="round", overrides={"actor_critic.actor_grad": "dynamics"})
+    wm = WorldModel((3,), 1, config.model, quantize.make("round"))
+    ac = ActorCritic(config.model.deter + wm.quantizer.code_size, 1, False, config.actor_critic, 32, 1)
+    with torch.no_grad():  # a policy, rewards and values that depend on the state, as after training
+        for head in (ac.actor.out, wm.reward.out, ac.critic.out):
+            head.weight.normal_(generator=gen(7))
+    start = Latent(torch.randn(6, config.model.deter), torch.zeros(6, wm.quantizer.code_size))
+    feats, actions = ac.imagine(wm, start, gen(0))
+    out = ac.actor.out  # rows: the mean's, then the std's (one action dim)
+
+    def grads(feats, actions):
+        loss = ac.loss(wm, feats, actions, torch.ones(6))[0]
+        weight, bias = torch.autograd.grad(loss, [out.weight, out.bias])
+        return weight, bias
+
+    through_model = grads(feats, actions)
+    values_only = grads(feats.detach(), actions.detach())  # the same states and actions, no rollout graph
+    # the std's gradient is the same without the rollout's graph: none of it came through the model
+    assert torch.allclose(through_model[0][1], values_only[0][1]) and torch.allclose(through_model[1][1],
+                                                                                      values_only[1][1])  # fmt: skip
+    assert values_only[1][1] != 0  # (REINFORCE's term and the entropy bonus)
+    # while the mean's gradient does come through the model
+    assert not torch.allclose(through_model[0][0], values_only[0][0])
