@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from agent.config import ActorCriticConfig
+from agent.config import ActorCriticConfig, ConfigError
 from agent.nets import MLP, BoundedNormal, OneHotPolicy, TwoHot, batched_precision, symlog_bins
 from agent.world_model import Latent, WorldModel
 
@@ -104,6 +104,11 @@ class ActorCritic(nn.Module):
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("critic_grid", symlog_bins(cfg.critic_bins), persistent=False)
         self.return_norm = ReturnNorm(cfg.return_norm_decay, magnitude=cfg.return_scale == "magnitude")
+        if discrete and cfg.actor_grad == "dynamics":
+            raise ConfigError(
+                "actor_critic.actor_grad=dynamics needs continuous actions (discrete ones are sampled without a "
+                "gradient); use reinforce or auto"
+            )
         mode = cfg.actor_grad if cfg.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
         self.backprop = mode == "dynamics"
 

@@ -54,7 +54,9 @@ class ActorCriticConfig:
     gamma: float = 0.985  # discount
     lam: float = 0.95  # lambda of the lambda-returns
     entropy: float = 3e-4  # entropy bonus (returns are normalised, so one value fits many envs)
-    actor_grad: str = "auto"  # reinforce | dynamics (backprop through the model) | auto (by action space)
+    # reinforce | dynamics (continuous only: the mean through the model, the std by REINFORCE) | auto
+    # (reinforce for discrete actions, dynamics for continuous)
+    actor_grad: str = "auto"
     starts: int = 256  # imagination start states per update, drawn from the replayed ones (0: all)
     critic_bins: int = 63  # two-hot bins of the critic
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic

@@ -19,7 +19,6 @@ from pathlib import Path
 import gymnasium as gym
 from rich.console import Console
 
-import envs
 from agent import Trainer
 from agent.checkpoint import atomic_write_text
 from agent.config import parse_overrides
@@ -28,8 +27,17 @@ from agent.trainer import set_threads
 BASES = {"discrete": "MountainCar-v0", "continuous": "MountainCarContinuous-v0"}
 
 
+class ConstantReward(gym.Wrapper):
+    """-1 on every step, never terminated: only the time limit ends an episode (tests/test_exploration.py
+    trains on these ids too)."""
+
+    def step(self, action):
+        obs, _, _, truncated, info = self.env.step(action)
+        return obs, -1.0, False, truncated, info
+
+
 def constant_reward(base: str, **kwargs) -> gym.Env:
-    return envs.ConstantReward(gym.make(base, max_episode_steps=200, **kwargs))
+    return ConstantReward(gym.make(base, max_episode_steps=200, **kwargs))
 
 
 for kind, base in BASES.items():

@@ -204,16 +204,6 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-class ConstantReward(gym.Wrapper):
-    """A diagnostic: -1 on every step and never terminated (only a time limit ends an episode), so the
-    rewards say nothing about the actions and a policy should stay as random as its entropy bonus keeps
-    it (benchmarks/entropy.py, tests/test_exploration.py)."""
-
-    def step(self, action):
-        obs, _, _, truncated, info = self.env.step(action)
-        return obs, -1.0, False, truncated, info
-
-
 class PixelObservation(gym.ObservationWrapper):
     """The env's rgb_array frame, resized to size x size, as (3, size, size) uint8 observations."""
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agent.behavior import ActorCritic, ReturnNorm, trajectory_weights
-from agent.config import make_config
+from agent.config import ConfigError, make_config
 
 
 class Mean:
@@ -133,3 +133,10 @@ def test_policies_sample_in_float32_under_bfloat16_autocast(discrete):
         policy = ac.policy(torch.randn(8, 3))
         sample = policy.sample(torch.Generator().manual_seed(0))
     assert sample.dtype == torch.float32
+
+
+def test_the_gradient_through_the_dynamics_is_refused_for_discrete_actions():
+    config = make_config("tiny", {"actor_critic.actor_grad": "dynamics"})
+    with pytest.raises(ConfigError, match="needs continuous actions"):
+        ActorCritic(3, 2, True, config.actor_critic, 16, 1)
+    ActorCritic(3, 2, False, config.actor_critic, 16, 1)  # continuous: its default
