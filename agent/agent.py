@@ -83,16 +83,27 @@ class Agent:
 
     @torch.inference_mode()
     def policy_step(
-        self, obs: np.ndarray, state: PolicyState, is_first: np.ndarray, deterministic: bool
+        self,
+        obs: np.ndarray,
+        state: PolicyState,
+        is_first: np.ndarray,
+        deterministic: bool,
+        noise: np.ndarray | None = None,
     ) -> tuple[np.ndarray, PolicyState]:
-        """Batched acting: obs (N, ...), is_first (N,) -> action vectors (N, A) and the next state."""
+        """Batched acting: obs (N, ...), is_first (N,) -> action vectors (N, A) and the next state.
+        noise (N, A): the standard-normal noise of sampled continuous actions, if not drawn here."""
         obs_t = torch.as_tensor(obs, device=self.device)
         first = torch.as_tensor(is_first, dtype=torch.bool, device=self.device)
         latent = self.world_model.observe_step(
             state.latent, state.action, obs_t, first, deterministic=deterministic, generator=self.generator
         )
         policy = self.actor_critic.policy(latent.features())
-        action = policy.mode() if deterministic else policy.sample(self.generator)
+        if deterministic:
+            action = policy.mode()
+        elif noise is not None and not self.discrete:
+            action = policy.sample(noise=torch.as_tensor(noise, device=self.device))
+        else:
+            action = policy.sample(self.generator)
         return action.cpu().numpy(), PolicyState(latent, action)
 
     def act(

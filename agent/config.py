@@ -81,6 +81,9 @@ class TrainConfig:
     seq_len: int = 32  # steps per sequence
     train_ratio: float = 64.0  # replayed steps per env step (updates = steps * ratio / (batch * seq_len))
     prefill: int = 1000  # env steps of random actions before training starts
+    # spectrum exponent of the noise in sampled continuous actions, along each episode: 0 white, 1 pink
+    # (Eberhard et al. 2023: the best default across tasks; finds MountainCarContinuous's goal), 2 red
+    noise_color: float = 1.0
     envs: int = 1  # environments stepped together; acting is batched across them
     vector: str = "sync"  # sync: all in this process (cheap envs); async: a process each (expensive envs)
     replay_capacity: int = 1_000_000  # env steps kept in the replay buffer
@@ -381,6 +384,8 @@ def validate(config: Config) -> None:
     for key, value in unit.items():
         if not 0 <= value < 1 and not (key == "actor_critic.lam" and value == 1):
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not 0 <= t.noise_color <= 2:
+        raise ConfigError(f"train.noise_color must be in [0, 2] (0 white, 1 pink, 2 red), got {t.noise_color}")
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")

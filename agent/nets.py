@@ -199,8 +199,10 @@ class BoundedNormal:
         self.loc = torch.tanh(mean)
         self.std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+    def sample(self, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        """noise: standard-normal values to use (e.g. colored along an episode; agent.noise), else drawn."""
+        if noise is None:
+            noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
         return (self.loc + self.std * noise).clamp(-1, 1)
 
     def mode(self) -> Tensor:

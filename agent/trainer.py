@@ -38,6 +38,7 @@ from agent import checkpoint
 from agent.agent import Agent
 from agent.config import RESUMABLE, ConfigError, from_dict, set_value, validate
 from agent.evaluate import confirmation_seed, evaluate, evaluation_envs, evaluation_seed
+from agent.noise import ActionNoise
 from agent.replay import Replay
 from agent.runs import RunFolder, RunFolderError
 from agent.world_model import Latent
@@ -137,7 +138,11 @@ class Trainer:
             "critic": torch.optim.Adam(ac.critic.parameters(), lr=a.critic_lr, eps=a.eps),
         }
         self.generator = torch.Generator(agent.device).manual_seed(cfg.seed + 1)  # replay starts, imagination
-        self.rng = np.random.default_rng(cfg.seed)  # prefill actions
+        self.rng = np.random.default_rng(cfg.seed)  # prefill actions, action noise
+        self.action_noise = None if agent.discrete else ActionNoise(
+            cfg.train.noise_color, cfg.train.envs, agent.action_dim, envs.episode_steps(cfg.env_id, cfg.action_repeat),
+            self.rng,
+        )  # fmt: skip
         self.counters = {"env_steps": 0, "updates": 0, "episodes": 0}
         self.best_eval = -np.inf
         self.evaluations = 0
@@ -274,12 +279,13 @@ class Trainer:
     def collect(self) -> None:
         """One step of every sub-environment; the finished step goes to replay."""
         agent, cfg, counters = self.agent, self.agent.config, self.counters
+        noise = None if self.action_noise is None else self.action_noise.next(self.is_first)
         if counters["env_steps"] < cfg.train.prefill:
-            action = self.random_action()
+            action = self.random_action(noise)
             # keep the policy state in step with the data, so acting after prefill starts cleanly
             self.state = agent.initial_state(cfg.train.envs)
         else:
-            action, self.state = agent.policy_step(self.obs, self.state, self.is_first, deterministic=False)
+            action, self.state = agent.policy_step(self.obs, self.state, self.is_first, False, noise)
         self.replay.add({
             "obs": self.obs, "action": action, "reward": self.reward,
             "is_first": self.is_first, "is_last": self.is_last, "is_terminal": self.is_terminal,
@@ -295,11 +301,12 @@ class Trainer:
             self.recent_returns = [*self.recent_returns[-9:], float(self.episode_return[i])]
             counters["episodes"] += 1
 
-    def random_action(self) -> np.ndarray:
+    def random_action(self, noise: np.ndarray | None) -> np.ndarray:
+        """Prefill's actions: uniform for discrete actions; for continuous ones the action noise, clipped."""
         n, a = self.agent.config.train.envs, self.agent.action_dim
-        if self.agent.discrete:
+        if noise is None:
             return np.eye(a, dtype=np.float32)[self.rng.integers(0, a, n)]
-        return self.rng.uniform(-1, 1, (n, a)).astype(np.float32)
+        return np.clip(noise, -1, 1)
 
     # --- updates ------------------------------------------------------------------------------------
 

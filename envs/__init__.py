@@ -306,6 +306,13 @@ def make_vector(env_id: str, num_envs: int, mode: str = "sync", **options) -> gy
     raise EnvError(f"vector mode must be sync or async, got {mode!r}")
 
 
+def episode_steps(env_id: str, action_repeat: int = 1) -> int:
+    """The agent steps in a full episode: the registered time limit (1,000 env steps if none, as
+    dm_control's tasks) over the action repeat."""
+    limit = gym.spec(registered_id(env_id)).max_episode_steps or 1000
+    return max(1, math.ceil(limit / action_repeat))
+
+
 def action_info(space: gym.Space) -> tuple[int, bool]:
     """(action vector size, discrete?) of a checked action space."""
     if isinstance(space, gym.spaces.Discrete):

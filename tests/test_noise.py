@@ -1,0 +1,92 @@
+"""Colored action noise: unit variance, the asked spectrum, one sequence per episode, and its use in
+collection (continuous actions only)."""
+
+import numpy as np
+import pytest
+import torch
+
+from agent import Trainer
+from agent.config import ConfigError, make_config
+from agent.noise import ActionNoise, colored_noise
+
+
+@pytest.mark.parametrize("steps", [7, 8, 1000])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.0])
+def test_every_value_has_unit_variance_and_zero_mean(beta, steps):
+    x = colored_noise(beta, 20_000, steps, np.random.default_rng(0))
+    assert x.shape == (20_000, steps)
+    variance = x.var(axis=0)  # across sequences, at every position
+    assert abs(variance.mean() - 1) < 0.03 and variance.min() > 0.9 and variance.max() < 1.1
+    assert abs(x.mean()) < 0.05
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])
+def test_the_power_spectrum_falls_as_one_over_f_to_the_beta(beta):
+    steps = 512
+    x = colored_noise(beta, 4000, steps, np.random.default_rng(1))
+    power = (np.abs(np.fft.rfft(x, axis=-1)) ** 2).mean(0)[1:-1]  # without the constant and Nyquist terms
+    freqs = np.fft.rfftfreq(steps)[1:-1]
+    slope = np.polyfit(np.log(freqs), np.log(power), 1)[0]
+    assert slope == pytest.approx(-beta, abs=0.05)
+
+
+def test_white_noise_is_uncorrelated_and_pink_noise_keeps_its_sign_longer():
+    rng = np.random.default_rng(2)
+    white, pink = colored_noise(0.0, 4000, 7, rng), colored_noise(1.0, 4000, 1000, rng)
+    assert abs(np.mean(white[:, 1:] * white[:, :-1])) < 0.03  # exactly white, even for a short sequence
+    assert np.mean(pink[:, 1:] * pink[:, :-1]) > 0.6
+
+
+def test_each_episode_reads_its_own_sequence_from_the_start_and_a_long_one_draws_again():
+    noise = ActionNoise(1.0, envs=2, action_dim=3, steps=4, rng=np.random.default_rng(0))
+    first = noise.next(np.array([True, True]))
+    sequences = noise.sequences.copy()
+    assert first.shape == (2, 3) and first.dtype == np.float32
+    assert np.allclose(first, sequences[:, :, 0])
+    second = noise.next(np.array([False, True]))  # env 1 starts a new episode
+    assert np.allclose(second[0], sequences[0, :, 1])
+    assert not np.allclose(noise.sequences[1], sequences[1]) and np.allclose(second[1], noise.sequences[1, :, 0])
+    for _ in range(2):
+        noise.next(np.array([False, False]))
+    fifth = noise.next(np.array([False, False]))  # env 0 has used its 4 steps: a new sequence
+    assert np.allclose(fifth[1], noise.sequences[1, :, 3]) and np.allclose(fifth[0], noise.sequences[0, :, 0])
+    assert not np.allclose(noise.sequences[0], sequences[0]) and noise.position.tolist() == [1, 4]
+
+
+def test_collection_pushes_continuous_actions_with_the_colored_noise_and_leaves_discrete_ones_alone():
+    def lag_one_correlation(noise_color):
+        trainer = Trainer.create("Pendulum-v1", preset="tiny", seed=0, train={"noise_color": noise_color})
+        try:
+            for _ in range(200):  # a whole Pendulum episode of prefill
+                trainer.collect()
+            actions = trainer.replay.data["action"][0, 1:200, 0]
+        finally:
+            trainer.close()
+        assert np.abs(actions).max() <= 1
+        return np.corrcoef(actions[1:], actions[:-1])[0, 1]
+
+    assert lag_one_correlation(2.0) > 0.9 and abs(lag_one_correlation(0.0)) < 0.2
+    trainer = Trainer.create("CartPole-v1", preset="tiny", seed=0)
+    trainer.close()
+    assert trainer.action_noise is None  # discrete actions are sampled from the categorical as before
+
+
+def test_the_policy_adds_the_given_noise_to_its_mean_and_clips():
+    trainer = Trainer.create("Pendulum-v1", preset="tiny", seed=0)
+    try:
+        agent, obs = trainer.agent, trainer.obs
+        state = agent.initial_state(1)
+        first = np.ones(1, bool)
+        mode, _ = agent.policy_step(obs, state, first, deterministic=True)
+        quiet, _ = agent.policy_step(obs, state, first, False, np.zeros((1, 1), np.float32))
+        loud, _ = agent.policy_step(obs, state, first, False, np.full((1, 1), 100.0, np.float32))
+        std = agent.actor_critic.policy(agent.world_model.initial(1)[0].features()).std
+    finally:
+        trainer.close()
+    assert np.allclose(quiet, mode) and np.allclose(loud, 1.0)
+    assert torch.all(std > 0.5)  # the untrained policy's std: the noise is not scaled away
+
+
+def test_noise_color_outside_zero_to_two_is_refused():
+    with pytest.raises(ConfigError, match=r"train.noise_color must be in \[0, 2\]"):
+        make_config(overrides={"train.noise_color": 3})
