@@ -6,7 +6,8 @@ the actor maximises returns normalised by the EMAs of their 5th and 95th percent
 by default, their size: see ReturnNorm), with an entropy bonus; its output layer starts at zero, so the
 policy starts at its largest entropy. Gradients for the actor: REINFORCE (discrete actions; the rollout
 itself needs no graph), or backpropagation through the imagined dynamics, i.e. through the
-straight-through codes, for the mean of a continuous policy, with REINFORCE for its std.
+straight-through codes, for the mean of a continuous policy, with REINFORCE for its std. The critic
+also learns lambda-returns of the real rewards along the replayed sequences (`replay_value_loss`).
 
 Shape legend: H horizon, N start states, F features, A action dims.
 """
@@ -23,21 +24,33 @@ from agent.nets import MLP, BoundedNormal, OneHotPolicy, TwoHot, batched_precisi
 from agent.world_model import Latent, WorldModel
 
 
-def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam: float) -> Tensor:
-    """TD(lambda) returns of imagined trajectories.
+def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam: float | Tensor) -> Tensor:
+    """TD(lambda) returns of imagined (or replayed) trajectories.
 
     reward, cont: (H, N) for the states reached by each step (s_1..s_H); value: (H + 1, N) for s_0..s_H.
     R_t = r_{t+1} + gamma c_{t+1} ((1 - lam) v_{t+1} + lam R_{t+1}), bootstrapped with R_H = v_H.
     A terminal state (c = 0) ends the sum; the end of the horizon bootstraps, as a time limit does.
-    Returns (H, N) for s_0..s_{H-1}.
+    lam may be a tensor (H, N) of per-step lambdas (0 bootstraps at that step). Returns (H, N) for s_0..s_{H-1}.
     """
     assert reward.shape == cont.shape and value.shape[0] == reward.shape[0] + 1, (reward.shape, cont.shape, value.shape)
     ret = value[-1]
     out = []
+    lams = lam if isinstance(lam, Tensor) else torch.full_like(reward, lam)
     for t in reversed(range(reward.shape[0])):
-        ret = reward[t] + gamma * cont[t] * ((1 - lam) * value[t + 1] + lam * ret)
+        ret = reward[t] + gamma * cont[t] * ((1 - lams[t]) * value[t + 1] + lams[t] * ret)
         out.append(ret)
     return torch.stack(out[::-1])
+
+
+def replay_lambda_return(
+    reward: Tensor, is_last: Tensor, is_terminal: Tensor, value: Tensor, gamma: float, lam: float
+) -> Tensor:
+    """TD(lambda) returns along replayed sequences, which may hold the end of one episode and the start of
+    the next: all (T, B) as stored (reward, is_last, is_terminal arrive with each step). A step after an
+    episode's last is the next episode's first, so the last step bootstraps (lambda 0 there), with
+    value 0 if it is terminal. Returns (T - 1, B) for steps 0..T-2."""
+    last, term = is_last.float(), is_terminal.float()
+    return lambda_return(reward[1:], 1 - term[1:], value, gamma, lam * (1 - last[1:]))
 
 
 def trajectory_weights(start_cont: Tensor, cont: Tensor, gamma: float) -> Tensor:
@@ -182,6 +195,26 @@ class ActorCritic(nn.Module):
             "actor/value": value.mean().detach(),
         }
         return actor_loss, critic_loss, metrics, return_stats
+
+    def replay_value_loss(self, feats: Tensor, reward: Tensor, is_last: Tensor, is_terminal: Tensor) -> Tensor:
+        """The critic's loss on the replayed sequences themselves (DreamerV3's replay value loss): lambda-returns
+        of the real rewards and terminations, bootstrapped with the slow critic. A rare reward that the
+        reward head does not predict yet (a goal reached once in hundreds of steps) still reaches the
+        critic, and through its values the imagined returns.
+
+        feats (B, T, F): posterior features (no gradient); reward, is_last, is_terminal (B, T) as replayed
+        (each arrives with its step's observation)."""
+        cfg = self.cfg
+        feats = feats.detach().transpose(0, 1)  # (T, B, F)
+        reward, last, term = (x.transpose(0, 1).float() for x in (reward, is_last, is_terminal))
+        with batched_precision(feats.device, self.bf16):
+            logits = self.critic(feats[:-1]).float()
+            with torch.no_grad():
+                slow = self.value(feats, slow=True).mean()  # (T, B)
+        returns = replay_lambda_return(reward, last, term, slow, cfg.gamma, cfg.lam)
+        weight = 1 - last[:-1]  # a last step's own value: terminal (0) or unknown (truncated), never a target
+        dist = TwoHot(logits, self.critic_grid)
+        return -(weight * (dist.log_prob(returns) + cfg.slow_critic_reg * dist.log_prob(slow[:-1]))).mean()
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:

@@ -61,6 +61,9 @@ class ActorCriticConfig:
     critic_bins: int = 63  # two-hot bins of the critic
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic
     slow_critic_reg: float = 1.0  # weight of the pull towards the slow critic
+    # weight of the critic's loss on replayed sequences (lambda-returns of the real rewards; DreamerV3's
+    # repval, 0.3): rare rewards reach the critic before the reward head predicts them; 0: off
+    replay_value: float = 0.3
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
     # magnitude: advantages / max(1, P95 - P5, |P5|, |P95|), so that model errors, which grow with the size
     # of what it predicts, do not outweigh the entropy bonus when the returns hardly vary (README:
@@ -369,7 +372,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {value}")
     non_negative = {
         "model.free_bits": m.free_bits, "model.dyn_scale": m.dyn_scale, "model.rep_scale": m.rep_scale,
-        "actor_critic.entropy": a.entropy, "actor_critic.starts": a.starts, "train.prefill": t.prefill,
+        "actor_critic.entropy": a.entropy, "actor_critic.replay_value": a.replay_value,
+        "actor_critic.starts": a.starts, "train.prefill": t.prefill,
         "train.recency": t.recency, "train.eval_every": t.eval_every, "seed": config.seed,
         "train.checkpoint_every": t.checkpoint_every, "train.confirm_episodes": t.confirm_episodes,
         "threads": config.threads,

@@ -333,6 +333,12 @@ class Trainer:
             start, start_cont = Latent(start.deter[pick], start.code[pick]), start_cont[pick]
         feats, actions = ac.imagine(wm, start, self.generator)
         actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
+        if cfg.actor_critic.replay_value > 0:
+            replay_loss = ac.replay_value_loss(
+                post.latent.features(), batch["reward"], batch["is_last"], batch["is_terminal"]
+            )
+            critic_loss = critic_loss + cfg.actor_critic.replay_value * replay_loss
+            metrics["loss/critic_replay"] = replay_loss.detach()
         # each loss reaches only its own network's parameters
         actor_params, critic_params = list(ac.actor.parameters()), list(ac.critic.parameters())
         actor_grads = torch.autograd.grad(actor_loss, actor_params, retain_graph=True)

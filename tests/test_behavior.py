@@ -1,10 +1,10 @@
 """The actor-critic's pieces: the REINFORCE gradient, trajectory weights, the entropy term, return
-normalisation and the slow critic."""
+normalisation, the slow critic and the critic's loss on replayed sequences."""
 
 import pytest
 import torch
 
-from agent.behavior import ActorCritic, ReturnNorm, trajectory_weights
+from agent.behavior import ActorCritic, ReturnNorm, replay_lambda_return, trajectory_weights
 from agent.config import ConfigError, make_config
 
 
@@ -140,3 +140,62 @@ def test_the_gradient_through_the_dynamics_is_refused_for_discrete_actions():
     with pytest.raises(ConfigError, match="needs continuous actions"):
         ActorCritic(3, 2, True, config.actor_critic, 16, 1)
     ActorCritic(3, 2, False, config.actor_critic, 16, 1)  # continuous: its default
+
+
+def n_step_lambda_return(reward, last, term, value, gamma, lam, t):
+    """The replayed lambda-return of step t by its definition: (1 - lam) sum_n lam^(n-1) G_n + lam^(N-1) G_N
+    over the n-step returns G_n inside t's episode, N the steps to its last step or to the sequence's end."""
+    end = next((e for e in range(t + 1, len(reward)) if last[e]), len(reward) - 1)
+
+    def g(n):
+        total, alive = 0.0, 1.0
+        for k in range(1, n + 1):
+            total += gamma ** (k - 1) * alive * reward[t + k]
+            alive *= 1.0 - float(term[t + k])
+        return total + gamma**n * alive * value[t + n]
+
+    horizon = end - t
+    return (1 - lam) * sum(lam ** (n - 1) * g(n) for n in range(1, horizon)) + lam ** (horizon - 1) * g(horizon)
+
+
+def test_replayed_lambda_returns_equal_their_n_step_definition_and_stop_at_episode_ends():
+    torch.manual_seed(0)
+    steps = 12
+    reward, value = torch.randn(steps, 1), torch.randn(steps, 1)
+    last = torch.zeros(steps, 1, dtype=torch.bool)
+    term = torch.zeros(steps, 1, dtype=torch.bool)
+    last[4] = term[4] = True  # an episode ends at the goal in step 4; step 5 starts the next one
+    last[9] = True  # the next one is truncated at step 9
+    returns = replay_lambda_return(reward, last, term, value, 0.9, 0.8)
+    assert returns.shape == (steps - 1, 1)
+    for t in range(steps - 1):
+        if not last[t]:  # a last step's own return is never a target
+            expected = n_step_lambda_return(reward[:, 0], last[:, 0], term[:, 0], value[:, 0], 0.9, 0.8, t)
+            assert returns[t, 0].item() == pytest.approx(expected.item(), abs=1e-5), t
+    assert returns[3, 0].item() == pytest.approx(reward[4, 0].item())  # the terminal step bootstraps nothing
+    after = reward.clone()
+    after[5:] += 100.0  # what the next episode pays changes nothing before its start
+    assert torch.equal(replay_lambda_return(after, last, term, value, 0.9, 0.8)[:4], returns[:4])
+
+
+def test_the_replay_value_loss_pulls_the_critic_towards_a_reward_that_imagination_never_saw():
+    config = make_config("tiny", {"actor_critic.slow_critic_reg": 0.0, "actor_critic.slow_critic_decay": 0.0})
+    torch.manual_seed(0)
+    ac = ActorCritic(4, 1, False, config.actor_critic, 16, 1)
+    steps = 8
+    feats = torch.eye(steps, 4)[None].expand(2, steps, 4)  # (B=2, T, F): one-hot up to the goal, then zeros
+    reward = torch.zeros(2, steps)
+    last = torch.zeros(2, steps, dtype=torch.bool)
+    reward[:, 3], last[:, 3] = 100.0, True  # the goal: one terminal step paying 100
+    term = last.clone()
+    optimizer = torch.optim.Adam(ac.critic.parameters(), lr=1e-2)
+    before = ac.value(feats[0, 2]).mean().item()
+    for _ in range(200):
+        loss = ac.replay_value_loss(feats, reward, last, term)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ac.update_slow_critic()  # decay 0: the slow critic is the critic
+    assert abs(before) < 1e-6  # the critic starts at 0 (its output layer is zero)
+    assert ac.value(feats[0, 2]).mean().item() == pytest.approx(100.0, rel=0.05)  # the step before the goal
+    assert ac.value(feats[0, 1]).mean().item() == pytest.approx(100.0 * config.actor_critic.gamma, rel=0.05)

@@ -99,13 +99,23 @@ def test_each_loss_moves_only_its_own_network(monkeypatch):
         expected["critic"] = grads_of(critic_loss, networks["critic"])
         return actor_loss, critic_loss, metrics, stats
 
+    real_replay_loss, replay_weight = ac.replay_value_loss, agent.config.actor_critic.replay_value
+    assert replay_weight > 0
+
+    def replay_value_loss(*args):  # the critic's second loss, on the replayed sequences
+        loss = real_replay_loss(*args)
+        expected["critic_replay"] = grads_of(replay_weight * loss, networks["critic"])
+        return loss
+
     monkeypatch.setattr(wm, "loss", wm_loss)
     monkeypatch.setattr(ac, "loss", ac_loss)
+    monkeypatch.setattr(ac, "replay_value_loss", replay_value_loss)
     for name, params in networks.items():
         monkeypatch.setattr(trainer.optimizers[name], "step", lambda params=params, name=name: stepped.update(
             {name: {id(p): p.grad for p in params if p.grad is not None}}))  # fmt: skip
     assert trainer.update() is not None
-    for name in networks:  # what each optimiser applied is the gradient of its own loss alone
+    expected["critic"] = {k: v + expected["critic_replay"][k] for k, v in expected["critic"].items()}
+    for name in networks:  # what each optimiser applied is the gradient of its own losses alone
         want = {k: v for k, v in expected[name].items() if v is not None}
         assert set(stepped[name]) == set(want), name
         for key, grad in want.items():
