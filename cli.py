@@ -256,7 +256,7 @@ def train(
     """Train an agent; writes config.json, metrics.jsonl, checkpoints and replay to the run folder."""
     with user_errors(ctx):
         from agent import Trainer
-        from agent.config import ConfigError, make_config, parse_overrides
+        from agent.config import ConfigError, parse_overrides
 
         overrides = parse_overrides(set_ or [])
         check_positive(steps=steps)
@@ -286,11 +286,13 @@ def train(
                     f"(update {trainer.counters['updates']:,}); changes: {escape(changes)}"
                 )
         else:
-            config = make_config(
+            from agent import Agent
+            from agent.agent import make_env_config
+
+            config = make_env_config(
                 preset or "default", overrides, env_id=env_id or "CartPole-v1", quantizer=quantizer or "categorical",
                 seed=seed or 0, device=device or "cpu",
             )  # fmt: skip
-            from agent import Agent
 
             trainer = Trainer(Agent.from_config(config), run_dir or default_run_dir(config.env_id, config.quantizer))
         with trainer:
@@ -386,9 +388,10 @@ def show_config(
 ) -> None:
     """The resolved config of a preset and overrides: every key that --set takes, its value and its meaning."""
     with user_errors(ctx):
-        from agent.config import describe, make_config, parse_overrides
+        from agent.agent import make_env_config
+        from agent.config import describe, parse_overrides
 
-        config = make_config(preset, parse_overrides(set_ or []), env_id=env_id, quantizer=quantizer)
+        config = make_env_config(preset, parse_overrides(set_ or []), env_id=env_id, quantizer=quantizer)
     if json_:
         print(config.to_json())
         return

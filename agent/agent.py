@@ -68,7 +68,7 @@ class Agent:
     ) -> Agent:
         """An untrained agent for `env_id`. `config` holds top-level fields (seed, device, threads,
         quantizer_options) and sections as dicts, e.g. model={"deter": 64}, train={"steps": 5000}."""
-        return cls.from_config(make_config(preset, flatten(config), env_id=env_id, quantizer=quantizer))
+        return cls.from_config(make_env_config(preset, flatten(config), env_id=env_id, quantizer=quantizer))
 
     @classmethod
     def from_config(cls, config: Config) -> Agent:
@@ -215,6 +215,13 @@ def check_device(device: torch.device) -> None:
         raise ConfigError(f"device {device}: no CUDA device is available here (torch {torch.__version__}); use cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device}: no MPS device is available here; use cpu")
+
+
+def make_env_config(preset: str = "default", overrides: dict[str, Any] | None = None, **top: Any) -> Config:
+    """`config.make_config` with the defaults that the environment's action space chooses
+    (config.SPACE_DEFAULTS); the environment is made once to read its spaces."""
+    _, _, discrete = env_spaces(make_config(preset, overrides, **top))
+    return make_config(preset, overrides, action_kind="discrete" if discrete else "continuous", **top)
 
 
 def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import envs
+from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
-from agent.config import Config, ConfigError, from_dict, make_config
+from agent.config import Config, ConfigError, from_dict
 from agent.runs import RunFolder, RunFolderError, check_writable, read_run, safe_name
 
 SWEEP_FILE = "sweep.json"
@@ -102,7 +103,7 @@ class Grid:
 
     def config(self, run: RunSpec) -> Config:
         overrides = {**self.overrides, **dict(run.values)}
-        return make_config(self.preset, overrides, env_id=run.env_id, quantizer=run.quantizer, seed=run.seed)
+        return make_env_config(self.preset, overrides, env_id=run.env_id, quantizer=run.quantizer, seed=run.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,8 +31,9 @@ from rich.table import Table
 
 import envs
 from agent import Agent, Trainer, evaluate
+from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
-from agent.config import make_config, parse_overrides
+from agent.config import parse_overrides
 from agent.evaluate import evaluation_seed
 from agent.runs import safe_name
 from agent.trainer import set_threads
@@ -43,7 +44,7 @@ FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its
 def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
     overrides = parse_overrides(args.set)
     overrides.update({"train.steps": args.steps, "train.eval_every": args.eval_every})
-    config = make_config(
+    config = make_env_config(
         args.preset, overrides, env_id=args.env, quantizer=args.quantizer, seed=seed, threads=args.threads
     )
     run_dir = (

@@ -55,3 +55,15 @@ def test_json_round_trip_is_exact_and_strict():
     data["model"]["nonsense"] = 1
     with pytest.raises(ConfigError, match=r"model\.nonsense"):
         from_dict(data)
+
+
+def test_the_action_space_chooses_its_defaults_under_presets_and_overrides():
+    from agent.agent import make_env_config
+    from agent.config import SPACE_DEFAULTS
+
+    discrete, continuous = make_env_config(env_id="CartPole-v1"), make_env_config(env_id="Pendulum-v1")
+    assert discrete.actor_critic.gamma == SPACE_DEFAULTS["discrete"]["actor_critic.gamma"]
+    assert continuous.actor_critic.gamma == SPACE_DEFAULTS["continuous"]["actor_critic.gamma"]
+    assert discrete.actor_critic.gamma != continuous.actor_critic.gamma
+    assert make_env_config(env_id="Pendulum-v1", overrides={"actor_critic.gamma": 0.9}).actor_critic.gamma == 0.9
+    assert make_config(action_kind="continuous", env_id="Pendulum-v1") == continuous  # the spaces given by hand
