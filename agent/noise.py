@@ -5,7 +5,8 @@ MountainCar's hill or swings a pole up. Noise whose power spectrum falls as 1/f*
 one way for longer: beta = 0 is white, 2 is red (a random walk, which sticks at the action bounds),
 and pink (beta = 1) between them was the best single default across tasks in Eberhard et al.,
 "Pink Noise Is All You Need: Colored Noise Exploration in Deep Reinforcement Learning" (ICLR 2023).
-Here a random pink policy reaches MountainCarContinuous's goal in 36 of 50 episodes, a white one in 0.
+Here a random pink policy reaches MountainCarContinuous's goal in 38 of 50 episodes, a white one in 0
+(benchmarks/noise.py).
 """
 
 from __future__ import annotations
