@@ -35,9 +35,9 @@ def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam
     assert reward.shape == cont.shape and value.shape[0] == reward.shape[0] + 1, (reward.shape, cont.shape, value.shape)
     ret = value[-1]
     out = []
-    lams = lam if isinstance(lam, Tensor) else torch.full_like(reward, lam)
     for t in reversed(range(reward.shape[0])):
-        ret = reward[t] + gamma * cont[t] * ((1 - lams[t]) * value[t + 1] + lams[t] * ret)
+        lam_t = lam[t] if isinstance(lam, Tensor) else lam  # a float stays a float: no tensor per imagined batch
+        ret = reward[t] + gamma * cont[t] * ((1 - lam_t) * value[t + 1] + lam_t * ret)
         out.append(ret)
     return torch.stack(out[::-1])
 
