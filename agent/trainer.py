@@ -152,6 +152,7 @@ class Trainer:
         self.recent_returns: list[float] = []
         self.sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self.sum_count = 0
+        self.update_seconds, self.update_calls = 0.0, 0  # time in update() since the last metric line
         self.seconds_before = 0.0  # wall-clock of earlier learn() calls and sessions of a resumed run
         self.start_time = time.perf_counter()
         self.last_log = (0.0, 0)  # (seconds, env steps) at the previous log line
@@ -411,7 +412,10 @@ class Trainer:
                         # train_ratio: replayed steps per stored (agent) step
                         due = now // cfg.action_repeat * t.train_ratio / replayed
                         while counters["updates"] < due and not self.stop_requested:
-                            metrics = self.update()
+                            started = time.perf_counter()
+                            metrics = self.update()  # one host sync inside: the time is the update's own
+                            self.update_seconds += time.perf_counter() - started
+                            self.update_calls += 1
                             if metrics is not None:
                                 for key, value in metrics.items():
                                     self.sums[key] = self.sums[key] + value  # tensors: one read per log line
@@ -505,6 +509,9 @@ class Trainer:
         line = {"step": counters["env_steps"], "updates": counters["updates"], "episodes": counters["episodes"],
                 "time/seconds": round(elapsed, 2), "time/sps": round(since_steps / max(since_seconds, 1e-9), 2),
                 "train/nonfinite_updates": self.nonfinite["total"]}  # fmt: skip
+        if self.update_calls:
+            line["time/update_ms"] = round(1000 * self.update_seconds / self.update_calls, 2)
+            self.update_seconds, self.update_calls = 0.0, 0
         if self.recent_returns:
             line["train/episode_return"] = float(np.mean(self.recent_returns))
         if self.sum_count:

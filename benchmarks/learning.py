@@ -51,8 +51,11 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         args.runs / f"{safe_name(args.env)}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     curve: list[dict] = []
+    update_ms: list[float] = []
 
     def on_log(line: dict) -> None:
+        if "time/update_ms" in line:
+            update_ms.append(line["time/update_ms"])
         if "eval_return_mean" in line:
             curve.append({"step": line["step"], "seconds": line["time/seconds"], "return": line["eval_return_mean"]})
             step, value, seconds = line["step"], line["eval_return_mean"], line["time/seconds"]
@@ -71,16 +74,25 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         "seconds_to_threshold": reached["seconds"] if reached else None,
         "final_return": curve[-1]["return"],
         "last3_mean": statistics.mean(p["return"] for p in curve[-3:]),
+        "last_20_percent_mean": last_fifth_mean(curve, args.steps),
         "best_return": max(p["return"] for p in curve),
         "fresh_eval_of_best": fresh["mean_return"],
         "seconds": seconds,
         "env_steps": trainer.counters["env_steps"],
         "updates": trainer.counters["updates"],
+        "env_steps_per_s": trainer.counters["env_steps"] / seconds,
+        "update_ms_median": statistics.median(update_ms) if update_ms else None,  # of the metric lines' means
+        "config": {"action_repeat": config.action_repeat, "train_ratio": config.train.train_ratio},
         "nonfinite_updates": trainer.nonfinite["total"],
         # the process's peak so far (seeds run one after another, so later seeds include earlier ones)
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "curve": curve,
     }
+
+
+def last_fifth_mean(curve: list[dict], steps: int) -> float:
+    """Mean evaluation over the last 20% of the run (steps above 0.8 * steps): DreamerV3's published score."""
+    return statistics.mean(p["return"] for p in curve if p["step"] > 0.8 * steps)
 
 
 # rl-baselines3-zoo's tuned PPO settings for CartPole-v1 (hyperparams/ppo.yml); schedules over 1e5 steps
@@ -181,6 +193,7 @@ def main() -> None:
         if reached
         else None,
         "median_last3_mean": statistics.median(r["last3_mean"] for r in results),
+        "mean_last_20_percent": statistics.mean(r["last_20_percent_mean"] for r in results),
         "median_run_seconds": statistics.median(r["seconds"] for r in results),
         "nonfinite_updates": sum(r["nonfinite_updates"] for r in results),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),

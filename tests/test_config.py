@@ -67,3 +67,17 @@ def test_the_action_space_chooses_its_defaults_under_presets_and_overrides():
     assert discrete.actor_critic.gamma != continuous.actor_critic.gamma
     assert make_env_config(env_id="Pendulum-v1", overrides={"actor_critic.gamma": 0.9}).actor_critic.gamma == 0.9
     assert make_config(action_kind="continuous", env_id="Pendulum-v1") == continuous  # the spaces given by hand
+
+
+def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_overrides():
+    from agent.config import SUITE_DEFAULTS
+
+    dmc = make_config(env_id="dm_control/walker-walk-v0", action_kind="continuous")
+    assert dmc.action_repeat == SUITE_DEFAULTS["dm_control"]["action_repeat"] == 2
+    assert dmc.train.train_ratio == SUITE_DEFAULTS["dm_control"]["train.train_ratio"]
+    plain = make_config(env_id="Pendulum-v1", action_kind="continuous")
+    assert (plain.action_repeat, plain.train.train_ratio) == (1, 64.0)
+    assert make_config(env_id="MinAtar/Breakout-v1").action_repeat == 1  # a namespace without defaults
+    assert make_config("tiny", env_id="dm_control/walker-walk-v0").train.train_ratio == 8.0  # the preset wins
+    overridden = make_config(env_id="dm_control/walker-walk-v0", overrides={"action_repeat": "1"})
+    assert overridden.action_repeat == 1 and overridden.train.train_ratio == 128.0

@@ -203,13 +203,15 @@ def test_the_trainer_sets_the_configured_thread_count():
         torch.set_num_threads(1)
 
 
-def test_metrics_record_the_recent_rate_policy_entropy_and_return_scale():
+def test_metrics_record_the_recent_rate_update_time_policy_entropy_and_return_scale():
     trainer = Trainer.create("CartPole-v1", preset="tiny", train={"steps": 200, "log_every": 50, "eval_every": 0})
     lines = []
     trainer.learn(on_log=lines.append)
     assert all(np.isfinite(line["time/sps"]) for line in lines)
     trained = [line for line in lines if "loss/actor" in line]
     assert trained and all({"actor/entropy", "actor/return_scale"} <= set(line) for line in trained)
+    assert all(line["time/update_ms"] > 0 for line in trained)  # each update's own time, averaged over the line
+    assert all("time/update_ms" not in line for line in lines if "loss/actor" not in line)  # none made yet
     assert json.dumps(lines)  # every value is JSON
 
 
