@@ -242,6 +242,9 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
 
 
+MINATAR_STEP_LIMIT = 10_000
+
+
 def make(
     env_id: str, render_mode: str | None = None, obs: str = "state", size: int = 64, action_repeat: int = 1, **options
 ) -> gym.Env:
@@ -261,6 +264,10 @@ def make(
     # break the one-line errors and clutter every command; the env's own warnings while it runs still show
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if name.startswith("MinAtar/") and gym.spec(name).max_episode_steps is None:
+            # MinAtar registers no time limit, and Seaquest never ends for a policy that stays at the surface:
+            # an evaluation would wait forever. 10,000 steps is four times Freeway's own 2,500-step game.
+            options.setdefault("max_episode_steps", MINATAR_STEP_LIMIT)
         try:
             env = gym.make(name, **options)
         except (ImportError, gym.error.DependencyNotInstalled) as error:

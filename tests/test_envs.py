@@ -144,3 +144,14 @@ def test_dm_control_renders_frames_without_a_display():
                             cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "(240, 320, 3)"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minatar") is None, reason="needs minatar")
+def test_minatar_episodes_end_at_a_time_limit_even_where_the_game_never_ends():
+    env = envs.make("MinAtar/Seaquest-v1")  # staying at the surface (no-op) never ends the game
+    env.reset(seed=0)
+    steps, terminated, truncated = 0, False, False
+    while not (terminated or truncated) and steps <= envs.MINATAR_STEP_LIMIT:
+        _, _, terminated, truncated, _ = env.step(0)
+        steps += 1
+    assert (steps, terminated, truncated) == (envs.MINATAR_STEP_LIMIT, False, True)
