@@ -245,6 +245,14 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
 MINATAR_STEP_LIMIT = 10_000
 
 
+def time_limit(name: str) -> int | None:
+    """The env steps after which a registered env's episodes are cut: its own limit, or for MinAtar, which
+    registers none, MINATAR_STEP_LIMIT (Seaquest never ends for a policy that stays at the surface, so an
+    evaluation would wait forever; 10,000 is four times Freeway's own 2,500-step game)."""
+    limit = gym.spec(name).max_episode_steps
+    return MINATAR_STEP_LIMIT if limit is None and name.startswith("MinAtar/") else limit
+
+
 def make(
     env_id: str, render_mode: str | None = None, obs: str = "state", size: int = 64, action_repeat: int = 1, **options
 ) -> gym.Env:
@@ -264,10 +272,8 @@ def make(
     # break the one-line errors and clutter every command; the env's own warnings while it runs still show
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if name.startswith("MinAtar/") and gym.spec(name).max_episode_steps is None:
-            # MinAtar registers no time limit, and Seaquest never ends for a policy that stays at the surface:
-            # an evaluation would wait forever. 10,000 steps is four times Freeway's own 2,500-step game.
-            options.setdefault("max_episode_steps", MINATAR_STEP_LIMIT)
+        if name.startswith("MinAtar/"):
+            options.setdefault("max_episode_steps", time_limit(name))
         try:
             env = gym.make(name, **options)
         except (ImportError, gym.error.DependencyNotInstalled) as error:
@@ -316,7 +322,7 @@ def make_vector(env_id: str, num_envs: int, mode: str = "sync", **options) -> gy
 def episode_steps(env_id: str, action_repeat: int = 1) -> int:
     """The agent steps in a full episode: the registered time limit (1,000 env steps if none, as
     dm_control's tasks) over the action repeat."""
-    limit = gym.spec(registered_id(env_id)).max_episode_steps or 1000
+    limit = time_limit(registered_id(env_id)) or 1000
     return max(1, math.ceil(limit / action_repeat))
 
 
