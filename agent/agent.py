@@ -17,7 +17,7 @@ from torch import Tensor
 import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
-from agent.config import Config, ConfigError, flatten, from_dict, make_config
+from agent.config import Config, ConfigError, flatten, from_dict, make_config, obs_kind
 from agent.nets import use_bf16
 from agent.world_model import Latent, WorldModel
 
@@ -218,10 +218,11 @@ def check_device(device: torch.device) -> None:
 
 
 def make_env_config(preset: str = "default", overrides: dict[str, Any] | None = None, **top: Any) -> Config:
-    """`config.make_config` with the defaults that the environment's action space chooses
-    (config.SPACE_DEFAULTS); the environment is made once to read its spaces."""
-    _, _, discrete = env_spaces(make_config(preset, overrides, **top))
-    return make_config(preset, overrides, action_kind="discrete" if discrete else "continuous", **top)
+    """`config.make_config` with the defaults that the environment's observations and actions choose
+    (config.OBS_DEFAULTS, config.SPACE_DEFAULTS); the environment is made once to read its spaces."""
+    obs_shape, _, discrete = env_spaces(make_config(preset, overrides, **top))
+    action_kind = "discrete" if discrete else "continuous"
+    return make_config(preset, overrides, action_kind, obs_kind(obs_shape), **top)
 
 
 def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:

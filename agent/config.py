@@ -32,7 +32,7 @@ class ModelConfig:
     deter: int = 128  # size of the recurrent state h
     hidden: int = 128  # width of every MLP layer
     layers: int = 1  # hidden layers in the encoder, decoder and heads
-    cnn_depth: int = 32  # channels of the first convolution (image observations), doubled at each stage
+    cnn_depth: int = 32  # channels of the first convolution (images), doubled at each stage; 64x64: OBS_DEFAULTS
     reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
@@ -183,6 +183,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Defaults that the kind of observation chooses (agent.make_env_config reads the spaces; obs_kind names it):
+# applied over the dataclass defaults, under those of the action space, a suite, a named preset and --set.
+OBS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vector": {},
+    # MinAtar's 10x10 frames: two small convolutions cost less than the recurrent model (Breakout: 189 ms an
+    # update beside another run, as a vector task's), so the vector defaults hold (README: MinAtar)
+    "small image": {},
+    # 64x64 frames: four stride-2 stages at 32 channels first made an update 1.4 s, 96% of it the encoder and
+    # decoder; 16 halves the channels (1.8M parameters, 0.66 s; README: Speed). DreamerV3 scales its CNN
+    # with the model, 24 channels at XS (deter 256), which is twice this default's width.
+    "image": {"model.cnn_depth": 16},
+}
+
 # Defaults that the environment's action space chooses (agent.make_env_config reads the spaces): applied
 # over the dataclass defaults, under a named preset and --set. Measured with 3 seeds each (README: Exploration).
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -322,19 +335,32 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def obs_kind(shape: tuple[int, ...]) -> str:
+    """The key of OBS_DEFAULTS for an observation shape: vector, small image (under 32 pixels a side, such as
+    MinAtar's 10x10) or image (channels, height, width)."""
+    if len(shape) == 1:
+        return "vector"
+    return "small image" if min(shape[-2:]) < 32 else "image"
+
+
 def make_config(
-    preset: str = "default", overrides: dict[str, Any] | None = None, action_kind: str | None = None, **top: Any
+    preset: str = "default",
+    overrides: dict[str, Any] | None = None,
+    action_kind: str | None = None,
+    observation_kind: str | None = None,
+    **top: Any,
 ) -> Config:
-    """The defaults, then those of the action kind (discrete or continuous: SPACE_DEFAULTS) and of the env's
-    suite (SUITE_DEFAULTS), then the preset, then `top` (top-level fields such as env_id, quantizer, seed),
-    then `overrides` ({"section.field": value}); validated."""
+    """The defaults, then those of the observation kind (OBS_DEFAULTS), of the action kind (discrete or
+    continuous: SPACE_DEFAULTS) and of the env's suite (SUITE_DEFAULTS), then the preset, then `top`
+    (top-level fields such as env_id, quantizer, seed), then `overrides` ({"section.field": value}); validated."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     config = Config()
+    observation = OBS_DEFAULTS[observation_kind] if observation_kind is not None else {}
     space = SPACE_DEFAULTS[action_kind] if action_kind is not None else {}
     env_id = str((overrides or {}).get("env_id", top.get("env_id", config.env_id)))
     suite = SUITE_DEFAULTS.get(env_id.split("/")[0], {}) if "/" in env_id else {}
-    for key, value in {**space, **suite, **PRESETS[preset], **top, **(overrides or {})}.items():
+    for key, value in {**observation, **space, **suite, **PRESETS[preset], **top, **(overrides or {})}.items():
         set_value(config, key, value)
     validate(config)
     return config

@@ -32,8 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import envs
 from agent import Agent
+from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
-from agent.config import make_config, parse_overrides
+from agent.config import parse_overrides
 from agent.trainer import Trainer, set_threads
 from agent.world_model import Latent
 
@@ -149,7 +150,7 @@ def profile(world_model_update, actor_critic_update, updates: int = 10, top: int
 
 def make_preset_config(name: str, args: argparse.Namespace):
     overrides = parse_overrides(args.set + PRESET_EXTRA.get(name, []))
-    return make_config(
+    return make_env_config(
         name,
         overrides,
         env_id=args.env,

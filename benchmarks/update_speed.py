@@ -6,7 +6,8 @@ steps, then `trainer.update()` runs `--warmup` times untimed and `--repeats` tim
 Checkouts alternate (A B A B ...) for `--rounds` rounds, so that drift of a shared machine hits both
 alike; the ratio is taken per round. The child uses only what every version of the project has had
 (make_config, Agent.from_config, Trainer(agent), collect(), update()), so an old commit can be
-measured by this script too:
+measured by this script too; where a checkout has make_env_config (the defaults that the env's
+observations and actions choose), the child uses it, as `agent train` does:
 
     git worktree add /tmp/before 11ea4f6
     python benchmarks/update_speed.py --checkouts /tmp/before .
@@ -35,9 +36,12 @@ def child(env_id: str, obs: str, repeats: int, warmup: int) -> None:
 
     torch.set_num_threads(1)
     from agent.agent import Agent
-    from agent.config import make_config
     from agent.trainer import Trainer
 
+    try:  # the config `agent train` resolves: with the defaults the env's spaces choose, where a checkout has them
+        from agent.agent import make_env_config as make_config
+    except ImportError:
+        from agent.config import make_config
     config = make_config("default", {"obs": obs, "train.eval_every": 0}, env_id=env_id)
     agent = Agent.from_config(config)
     trainer = Trainer(agent)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agent.config import ConfigError, from_dict, make_config, parse_overrides
+from agent.config import Config, ConfigError, from_dict, make_config, parse_overrides
 
 
 def test_presets_and_overrides_apply_in_order_with_types():
@@ -67,6 +67,23 @@ def test_the_action_space_chooses_its_defaults_under_presets_and_overrides():
     assert discrete.actor_critic.gamma != continuous.actor_critic.gamma
     assert make_env_config(env_id="Pendulum-v1", overrides={"actor_critic.gamma": 0.9}).actor_critic.gamma == 0.9
     assert make_config(action_kind="continuous", env_id="Pendulum-v1") == continuous  # the spaces given by hand
+
+
+def test_the_observation_kind_chooses_its_defaults_under_the_action_space_presets_and_overrides():
+    from agent.agent import make_env_config
+    from agent.config import OBS_DEFAULTS, obs_kind
+
+    assert [obs_kind(shape) for shape in [(4,), (4, 10, 10), (3, 31, 64), (3, 64, 64)]] == [
+        "vector", "small image", "small image", "image",
+    ]  # fmt: skip
+    pixels = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels"})
+    assert pixels.model.cnn_depth == OBS_DEFAULTS["image"]["model.cnn_depth"] != Config().model.cnn_depth
+    assert pixels.actor_critic.gamma == make_env_config(env_id="CartPole-v1").actor_critic.gamma  # discrete still
+    assert make_env_config(env_id="CartPole-v1").model.cnn_depth == Config().model.cnn_depth
+    assert make_env_config(env_id="MinAtar/Breakout-v1").model.cnn_depth == Config().model.cnn_depth
+    overridden = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels", "model.cnn_depth": "32"})
+    assert overridden.model.cnn_depth == 32
+    assert make_config(observation_kind="image").model.cnn_depth == pixels.model.cnn_depth  # the kind given by hand
 
 
 def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_overrides():
