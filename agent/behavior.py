@@ -163,8 +163,8 @@ class ActorCritic(nn.Module):
                 cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)
             critic_logits = self.critic(feats).float()  # (H + 1, N, bins): one pass for returns and critic loss
             policy = self.policy(feats[:-1] if self.backprop else feats[:-1].detach())
-            with torch.no_grad():
-                slow_target = self.value(feats[:-1], slow=True).mean()
+            with torch.no_grad():  # detached too: FLOP counting's module hooks reject graph inputs under no_grad
+                slow_target = self.value(feats[:-1].detach(), slow=True).mean()
         value = TwoHot(critic_logits, self.critic_grid).mean()  # (H + 1, N)
         returns = lambda_return(reward, cont, value, cfg.gamma, cfg.lam)  # (H, N)
         weight = trajectory_weights(start_cont, cont, cfg.gamma)  # (H, N)

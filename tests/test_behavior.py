@@ -142,6 +142,20 @@ def test_the_gradient_through_the_dynamics_is_refused_for_discrete_actions():
     ActorCritic(3, 2, False, config.actor_critic, 16, 1)  # continuous: its default
 
 
+def test_the_losses_through_the_dynamics_can_be_flop_counted():
+    """benchmarks/speed.py counts an update's FLOPs with torch's FlopCounterMode, whose module hooks refuse a
+    module called under no_grad on inputs that carry a graph (the slow critic's target did)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ac = ActorCritic(3, 2, False, make_config("tiny").actor_critic, 16, 1)  # continuous: gradient through feats
+    feats = torch.randn(4, 8, 3, requires_grad=True) * 1.0  # (H + 1, N, F), a graph behind it
+    counter = FlopCounterMode(display=False)
+    with counter:
+        actor_loss, _, _, _ = ac.loss(Bandit(), feats, torch.rand(3, 8, 2) * 2 - 1, torch.ones(8))
+    assert counter.get_total_flops() > 0
+    assert torch.autograd.grad(actor_loss, feats)[0].abs().sum() > 0  # the actor's gradient still reaches feats
+
+
 def n_step_lambda_return(reward, last, term, value, gamma, lam, t):
     """The replayed lambda-return of step t by its definition: (1 - lam) sum_n lam^(n-1) G_n + lam^(N-1) G_N
     over the n-step returns G_n inside t's episode, N the steps to its last step or to the sequence's end."""
