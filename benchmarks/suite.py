@@ -109,7 +109,7 @@ def markdown(rows: dict[str, Any]) -> str:
     for env_id, row in rows.items():
         if not row["seeds"]:
             continue
-        per_seed = " / ".join(f"{s:.0f}" for s in row["score_per_seed"])
+        per_seed = " / ".join(cell(float(s)) for s in row["score_per_seed"])
         minutes = " / ".join(f"{m:.0f}" for m in row["run_minutes"])
         cells = [env_id, row["seeds"], cell(row["score_mean"]), per_seed, cell(row["final_mean"]),
                  cell(row["best_mean"]), cell(row["fresh_eval_of_best_mean"])]  # fmt: skip
