@@ -287,7 +287,8 @@ def make(
         env = FlattenDict(env, env_id)
     check_spaces(env_id, env.observation_space, env.action_space)
     if isinstance(env.action_space, gym.spaces.Box):
-        low, high = np.full(env.action_space.shape, -1.0, np.float32), np.full(env.action_space.shape, 1.0, np.float32)
+        shape, dtype = env.action_space.shape, env.action_space.dtype  # float32 bounds on a float64 Box warn
+        low, high = np.full(shape, -1.0, dtype), np.full(shape, 1.0, dtype)
         env = gym.wrappers.RescaleAction(env, low, high)
     if action_repeat > 1:
         env = ActionRepeat(env, action_repeat)

@@ -9,13 +9,14 @@ import numpy as np
 class DictObservations(gym.Env):
     """Observations as a Dict of Box entries, as dm_control tasks give them (through shimmy)."""
 
-    def __init__(self, with_image: bool = False):
+    def __init__(self, with_image: bool = False, continuous: bool = False):
         spaces = {"velocity": gym.spaces.Box(-1, 1, (2,)), "angle": gym.spaces.Box(-1, 1, ()),
                   "arm": gym.spaces.Box(-1, 1, (2, 2))}  # fmt: skip
         if with_image:
             spaces["camera"] = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Discrete(2)
+        # dm_control's actions are float64 Boxes
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float64) if continuous else gym.spaces.Discrete(2)
         self.t = 0
 
     def observation(self):
@@ -58,4 +59,5 @@ class NoFrames(gym.Env):
 
 gym.register("DictObservations-v0", entry_point=DictObservations)
 gym.register("DictWithImage-v0", entry_point=lambda: DictObservations(with_image=True))
+gym.register("DictContinuous-v0", entry_point=lambda: DictObservations(continuous=True))
 gym.register("NoFrames-v0", entry_point=NoFrames)

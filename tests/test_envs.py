@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -90,6 +91,16 @@ def test_dict_observations_of_boxes_are_flattened_in_the_spaces_key_order():
     assert env.observation_space.shape == (7,)
     with pytest.raises(envs.EnvError, match="observation entry 'camera' is an image"):
         envs.make("custom_envs:DictWithImage-v0")
+
+
+def test_float64_box_actions_as_dm_control_gives_them_are_rescaled_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warned "overflow encountered in cast" at every make
+        env = envs.make("custom_envs:DictContinuous-v0", action_repeat=2)
+        env.reset(seed=0)
+        _, reward, *_ = env.step(np.full(2, 0.5, np.float32))
+    assert env.action_space.low.tolist() == [-1.0, -1.0] and env.action_space.high.tolist() == [1.0, 1.0]
+    assert reward == 2.0  # two env steps of reward 1
 
 
 @pytest.mark.parametrize(
