@@ -17,7 +17,7 @@ from torch import Tensor
 import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
-from agent.config import Config, ConfigError, flatten, from_dict, make_config, obs_kind
+from agent.config import Config, ConfigError, flatten, from_dict, kind_of_observation, make_config
 from agent.nets import use_bf16
 from agent.world_model import Latent, WorldModel
 
@@ -222,7 +222,8 @@ def make_env_config(preset: str = "default", overrides: dict[str, Any] | None = 
     (config.OBS_DEFAULTS, config.SPACE_DEFAULTS); the environment is made once to read its spaces."""
     obs_shape, _, discrete = env_spaces(make_config(preset, overrides, **top))
     action_kind = "discrete" if discrete else "continuous"
-    return make_config(preset, overrides, action_kind, obs_kind(obs_shape), **top)
+    observation_kind = kind_of_observation(obs_shape)
+    return make_config(preset, overrides, action_kind=action_kind, observation_kind=observation_kind, **top)
 
 
 def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:

@@ -32,7 +32,7 @@ class ModelConfig:
     deter: int = 128  # size of the recurrent state h
     hidden: int = 128  # width of every MLP layer
     layers: int = 1  # hidden layers in the encoder, decoder and heads
-    cnn_depth: int = 32  # channels of the first convolution (images), doubled at each stage; 64x64: OBS_DEFAULTS
+    cnn_depth: int = 32  # channels of the first convolution (images), doubled at each stage; 32+ px: OBS_DEFAULTS
     reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
@@ -162,6 +162,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threads": 0,
         "model.deter": 256,
         "model.hidden": 256,
+        "model.cnn_depth": 24,  # DreamerV3's XS
         "model.reward_bins": 255,
         "actor_critic.critic_bins": 255,
         "actor_critic.starts": 0,
@@ -174,6 +175,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.deter": 512,
         "model.hidden": 512,
         "model.layers": 2,
+        "model.cnn_depth": 32,  # DreamerV3's S (deter 512): a GPU affords it on any image
         "model.reward_bins": 255,
         "actor_critic.critic_bins": 255,
         "train.batch": 16,
@@ -183,21 +185,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Defaults that the kind of observation chooses (agent.make_env_config reads the spaces; obs_kind names it):
-# applied over the dataclass defaults, under those of the action space, a suite, a named preset and --set.
+# Defaults that the kind of observation chooses (agent.make_env_config reads the spaces; kind_of_observation
+# names it): applied over the dataclass defaults, under those of the action space, a suite, a preset and --set.
+# The cut between small images and images is at 32 pixels a side: MinAtar's 10x10 below, rendered frames
+# (64x64 by default) above.
 OBS_DEFAULTS: dict[str, dict[str, Any]] = {
     "vector": {},
     # MinAtar's 10x10 frames: two small convolutions; an update costs about what a vector task's does
     # (Breakout 221 ms, CartPole 154 ms; README: Speed), so the defaults hold
-    "small image": {},
+    "small_image": {},
     # 64x64 frames: four stride-2 stages from 32 channels made an update 1.4 s, 96% of it the world model's,
-    # mostly its encoder and decoder; from 16, 0.66 s (1.8M parameters; README: Speed). DreamerV3 scales its
-    # CNN with the model: 24 channels at XS (deter 256), twice this default's width.
+    # mostly its encoder and decoder; from 16, 0.66 s (1.7M parameters; README: Speed). DreamerV3 scales its
+    # CNN with the model: its XS (deter 256, twice this default's) uses 24 channels.
     "image": {"model.cnn_depth": 16},
 }
 
 # Defaults that the environment's action space chooses (agent.make_env_config reads the spaces): applied
-# over the dataclass defaults, under a named preset and --set. Measured with 3 seeds each (README: Exploration).
+# over those of the observation kind, under a suite's, a named preset and --set. Measured with 3 seeds each
+# (README: Exploration).
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     # CartPole-v1 first evaluated >= 475 within 10k env steps on 3/3 seeds at 0.985, on 1/3 at 0.997
     "discrete": {"actor_critic.gamma": 0.985},
@@ -335,12 +340,14 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def obs_kind(shape: tuple[int, ...]) -> str:
-    """The key of OBS_DEFAULTS for an observation shape: vector, small image (under 32 pixels a side, such as
-    MinAtar's 10x10) or image (channels, height, width)."""
+def kind_of_observation(shape: tuple[int, ...]) -> str:
+    """The key of OBS_DEFAULTS for an observation shape: vector, small_image (channels, height, width, under
+    32 pixels a side, such as MinAtar's 10x10) or image (32 or more)."""
     if len(shape) == 1:
         return "vector"
-    return "small image" if min(shape[-2:]) < 32 else "image"
+    if len(shape) != 3:
+        raise ValueError(f"observations are vectors or (channels, height, width) images, not of shape {shape}")
+    return "small_image" if min(shape[-2:]) < 32 else "image"
 
 
 def make_config(

@@ -53,7 +53,9 @@ def child(env_id: str, obs: str, repeats: int, warmup: int) -> None:
         trainer.update()
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
-    print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times)}))
+    parameters = sum(p.numel() for p in agent.world_model.parameters())  # says which network each side timed
+    result = {"median_ms": statistics.median(times), "min_ms": min(times), "world_model_parameters": parameters}
+    print(json.dumps(result))
 
 
 def measure(checkout: Path, setting: str, args: argparse.Namespace) -> dict:
@@ -90,7 +92,9 @@ def main() -> None:
         for _ in range(args.rounds):
             a, b = measure(before, setting, args), measure(after, setting, args)
             ratio = a["median_ms"] / b["median_ms"]
-            rounds.append({"before_ms": a["median_ms"], "after_ms": b["median_ms"], "ratio": ratio})
+            rounds.append({"before_ms": a["median_ms"], "after_ms": b["median_ms"], "ratio": ratio,
+                           "before_world_model_parameters": a.get("world_model_parameters"),
+                           "after_world_model_parameters": b.get("world_model_parameters")})  # fmt: skip
             print(setting, rounds[-1], flush=True)
         rows.append({"setting": setting, "env_id": SETTINGS[setting][0], "obs": SETTINGS[setting][1], "rounds": rounds,
                      "before_ms": statistics.median(r["before_ms"] for r in rounds),

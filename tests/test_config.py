@@ -69,21 +69,24 @@ def test_the_action_space_chooses_its_defaults_under_presets_and_overrides():
     assert make_config(action_kind="continuous", env_id="Pendulum-v1") == continuous  # the spaces given by hand
 
 
-def test_the_observation_kind_chooses_its_defaults_under_the_action_space_presets_and_overrides():
+def test_the_observation_kind_chooses_its_defaults_under_presets_and_overrides():
     from agent.agent import make_env_config
-    from agent.config import OBS_DEFAULTS, obs_kind
+    from agent.config import OBS_DEFAULTS, kind_of_observation
 
-    assert [obs_kind(shape) for shape in [(4,), (4, 10, 10), (3, 31, 64), (3, 64, 64)]] == [
-        "vector", "small image", "small image", "image",
-    ]  # fmt: skip
+    shapes = [(4,), (4, 10, 10), (3, 31, 64), (3, 32, 32), (3, 64, 64)]
+    kinds = ["vector", "small_image", "small_image", "image", "image"]
+    assert [kind_of_observation(shape) for shape in shapes] == kinds
+    with pytest.raises(ValueError, match="not of shape"):
+        kind_of_observation((10, 10))
     pixels = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels"})
     assert pixels.model.cnn_depth == OBS_DEFAULTS["image"]["model.cnn_depth"] != Config().model.cnn_depth
     assert pixels.actor_critic.gamma == make_env_config(env_id="CartPole-v1").actor_critic.gamma  # discrete still
     assert make_env_config(env_id="CartPole-v1").model.cnn_depth == Config().model.cnn_depth
-    assert make_env_config(env_id="MinAtar/Breakout-v1").model.cnn_depth == Config().model.cnn_depth
+    assert make_config(observation_kind="small_image").model.cnn_depth == Config().model.cnn_depth  # MinAtar's
+    assert make_config(observation_kind="image").model.cnn_depth == pixels.model.cnn_depth  # the kind given by hand
+    assert make_config("large", observation_kind="image").model.cnn_depth == 32  # a preset that sets it wins
     overridden = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels", "model.cnn_depth": "32"})
     assert overridden.model.cnn_depth == 32
-    assert make_config(observation_kind="image").model.cnn_depth == pixels.model.cnn_depth  # the kind given by hand
 
 
 def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_overrides():
