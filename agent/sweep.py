@@ -27,7 +27,7 @@ from typing import Any
 import envs
 from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
-from agent.config import Config, ConfigError, from_dict
+from agent.config import Config, ConfigError, flatten, from_dict
 from agent.runs import RunFolder, RunFolderError, check_writable, read_run, safe_name
 
 SWEEP_FILE = "sweep.json"
@@ -197,11 +197,16 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
         return {"status": "stopped"}
     if (path / "config.json").exists():
         try:  # compared as validated configs: a key added since the run began takes its default on both sides
-            found = from_dict({**RunFolder.read_config_of(path), "threads": threads}).to_dict()
+            found = flatten(from_dict({**RunFolder.read_config_of(path), "threads": threads}).to_dict())
         except ConfigError as error:
             return {"status": "failed", "error": f"{path / 'config.json'}: {error}"}
-        if found != from_dict({**config, "threads": threads}).to_dict():
-            return {"status": "failed", "error": f"{path} holds a run of another config; move it away"}
+        wanted = flatten(from_dict({**config, "threads": threads}).to_dict())
+        # named, because a default that changed since the run began (a new version) differs too
+        differences = [f"{key}: {found.get(key)!r} there, {value!r} in the sweep"
+                       for key, value in wanted.items() if found.get(key) != value]  # fmt: skip
+        if differences:
+            error = f"{path} holds a run of another config ({'; '.join(differences)}); move it away"
+            return {"status": "failed", "error": error}
         trainer = Trainer.resume(path, {"threads": threads})
     else:
         trainer = Trainer(Agent.from_config(from_dict({**config, "threads": threads})), path)

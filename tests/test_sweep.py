@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent import Trainer
+from agent.config import make_config
 from agent.runs import find_runs, read_run
 from agent.sweep import STOP_FILE, Grid, open_sweep, train_run
 from cli import app
@@ -113,6 +114,17 @@ def test_a_run_sees_the_stop_file_and_ends_with_a_checkpoint(tmp_path):
     resumed = train_run(str(run), config.to_dict(), 1, str(stop))
     assert resumed["status"] == "finished" and read_run(run).env_steps == 3000
     assert 0 < resumed["task_seconds"] < resumed["seconds"]  # this task's share of the run's time
+
+
+def test_a_run_folder_of_another_config_is_refused_with_the_keys_that_differ(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(make_config("tiny").to_json())  # e.g. begun before a default changed
+    wanted = make_config("tiny", {"model.cnn_depth": 16, "seed": 3})
+    result = train_run(str(run), wanted.to_dict(), 1, str(tmp_path / STOP_FILE))
+    assert result["status"] == "failed"
+    assert "(seed: 0 there, 3 in the sweep; model.cnn_depth: 32 there, 16 in the sweep)" in result["error"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
 
 
 @pytest.mark.slow
