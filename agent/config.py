@@ -216,8 +216,8 @@ SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
 SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
     # DreamerV3's action repeat for DMC (its scores count env steps, as ours do). The train ratio counts
     # stored steps, so it doubles with the repeat: 64 replayed steps per env step as everywhere else, i.e.
-    # 12,500 updates in 100k env steps: 47-50 minutes a run on 2 cores, two runs at a time (README: DMC).
-    # Fewer updates would fit 40 minutes; the scores are limited by updates already (DreamerV3 uses 512).
+    # 12,500 updates in 100k env steps: 31 minutes for a run alone on 2 cores, 47-50 with two runs at a time
+    # (README: Standard suites). The scores look limited by updates (DreamerV3 uses 512).
     "dm_control": {"action_repeat": 2, "train.train_ratio": 128.0},
 }
 
