@@ -91,7 +91,8 @@ class Agent:
         noise: np.ndarray | None = None,
     ) -> tuple[np.ndarray, PolicyState]:
         """Batched acting: obs (N, ...), is_first (N,) -> action vectors (N, A) and the next state.
-        noise (N, A): the standard-normal noise of sampled continuous actions, if not drawn here."""
+        noise (N, A): the standard-normal noise of sampled actions (continuous: added to the mean; discrete:
+        Gumbel-max), if not drawn here."""
         obs_t = torch.as_tensor(obs, device=self.device)
         first = torch.as_tensor(is_first, dtype=torch.bool, device=self.device)
         latent = self.world_model.observe_step(
@@ -100,7 +101,7 @@ class Agent:
         policy = self.actor_critic.policy(latent.features())
         if deterministic:
             action = policy.mode()
-        elif noise is not None and not self.discrete:
+        elif noise is not None:
             action = policy.sample(noise=torch.as_tensor(noise, device=self.device))
         else:
             action = policy.sample(self.generator)

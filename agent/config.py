@@ -84,8 +84,10 @@ class TrainConfig:
     seq_len: int = 32  # steps per sequence
     train_ratio: float = 64.0  # replayed steps per stored (agent) step: updates = agent steps * ratio / (B * T)
     prefill: int = 1000  # env steps of random actions before training starts
-    # spectrum exponent of the noise in sampled continuous actions, along each episode: 0 white, 1 pink
-    # (Eberhard et al. 2023: the best default across tasks; finds MountainCarContinuous's goal), 2 red
+    # spectrum exponent of the noise in sampled actions, along each episode: 0 white, 1 pink (Eberhard et al.
+    # 2023: the best default across tasks; finds MountainCarContinuous's goal), 2 red. Continuous actions add
+    # it to the mean; discrete ones take Gumbel-max samples from it (the policy's distribution at each step,
+    # runs of the same action along an episode); SPACE_DEFAULTS chooses it for discrete actions
     noise_color: float = 1.0
     envs: int = 1  # environments stepped together; acting is batched across them
     vector: str = "sync"  # sync: all in this process (cheap envs); async: a process each (expensive envs)
@@ -205,7 +207,7 @@ OBS_DEFAULTS: dict[str, dict[str, Any]] = {
 # (README: Exploration).
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     # CartPole-v1 first evaluated >= 475 within 10k env steps on 3/3 seeds at 0.985, on 1/3 at 0.997
-    "discrete": {"actor_critic.gamma": 0.985},
+    "discrete": {"actor_critic.gamma": 0.985, "train.noise_color": 0.0},
     # MountainCarContinuous-v0's goal, 100+ steps of pushing away, was reached (>= 90 within 50k) on 3/3 seeds
     # at 0.997 and on 2/3 at 0.985: a reward 100 steps ahead keeps 74% of its value, not 22%. DreamerV3
     # uses 0.997 (its horizon of 333) for continuous control too.

@@ -176,8 +176,17 @@ class OneHotPolicy:
     def __init__(self, logits: Tensor, unimix: float = 0.01):
         self.probs, self.logp = unimix_probs(logits.float(), unimix)  # float32 under autocast: see quantize
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return one_hot(sample_index(self.probs, generator), self.probs.shape[-1], self.probs.dtype)
+    def sample(self, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        """noise (..., K): one standard-normal value per action (e.g. colored along an episode; agent.noise),
+        turned into Gumbel noise with the same ranks: argmax(log p + Gumbel) is a sample of p (Gumbel-max),
+        so each step's action keeps the policy's distribution while correlated noise keeps choosing alike."""
+        if noise is None:
+            index = sample_index(self.probs, generator)
+        else:
+            # Gumbel = -log(-log U) for U = Phi(z) uniform; log_ndtr in float64 keeps both tails finite
+            gumbel = -torch.log(-torch.special.log_ndtr(noise.double()))
+            index = (self.logp.double() + gumbel).argmax(-1)
+        return one_hot(index, self.probs.shape[-1], self.probs.dtype)
 
     def mode(self) -> Tensor:
         return one_hot(self.probs.argmax(-1), self.probs.shape[-1], self.probs.dtype)

@@ -139,7 +139,9 @@ class Trainer:
         }
         self.generator = torch.Generator(agent.device).manual_seed(cfg.seed + 1)  # replay starts, imagination
         self.rng = np.random.default_rng(cfg.seed)  # prefill actions, action noise
-        self.action_noise = None if agent.discrete else ActionNoise(
+        # discrete actions at noise_color 0 are sampled from the categorical directly (the same distribution)
+        discrete_white = agent.discrete and cfg.train.noise_color == 0
+        self.action_noise = None if discrete_white else ActionNoise(
             cfg.train.noise_color, cfg.train.envs, agent.action_dim, envs.episode_steps(cfg.env_id, cfg.action_repeat),
             self.rng,
         )  # fmt: skip
@@ -303,10 +305,13 @@ class Trainer:
             counters["episodes"] += 1
 
     def random_action(self, noise: np.ndarray | None) -> np.ndarray:
-        """Prefill's actions: uniform for discrete actions; for continuous ones the action noise, clipped."""
+        """Prefill's actions: for continuous actions the action noise, clipped; for discrete ones uniform, from
+        the noise's argmax where there is noise (a uniform policy's Gumbel-max sample)."""
         n, a = self.agent.config.train.envs, self.agent.action_dim
         if noise is None:
             return np.eye(a, dtype=np.float32)[self.rng.integers(0, a, n)]
+        if self.agent.discrete:
+            return np.eye(a, dtype=np.float32)[noise.argmax(-1)]
         return np.clip(noise, -1, 1)
 
     # --- updates ------------------------------------------------------------------------------------

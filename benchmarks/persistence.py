@@ -1,7 +1,10 @@
-"""How much reward random discrete actions find when each action is held for a while: the sampled action is
-redrawn with probability p at every step (p = 1: uniform random actions; p = 0.1: runs of 10 steps on
-average). A sparse-reward game such as MinAtar Freeway pays a random walk almost nothing, which leaves a
-world model no rewards to learn from (README: MinAtar). Also the reward of each constant action.
+"""How much reward random discrete actions find when they are temporally consistent. Two ways:
+- held: the sampled action is redrawn with probability p at every step (p = 1: uniform random actions;
+  p = 0.1: runs of 10 steps on average);
+- colored: the action is the argmax of one colored Gaussian sequence per action (agent.noise), which is
+  how the agent explores with `train.noise_color` (each step's action is still uniform on its own).
+A sparse-reward game such as MinAtar Freeway pays a random walk almost nothing, which leaves a world model
+no rewards to learn from (README: MinAtar). Also the reward of each constant action.
 
     python benchmarks/persistence.py --env MinAtar/Freeway-v1
 """
@@ -10,25 +13,45 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 import envs
 from agent.checkpoint import atomic_write_text
+from agent.noise import ActionNoise
+
+# (is_first) -> the next action index
+Chooser = Callable[[bool], int]
 
 
-def random_reward(env, steps: int, redraw: float, seed: int) -> float:
-    """Total reward of `steps` env steps of uniform random actions, each redrawn with probability `redraw`."""
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    action, total = int(rng.integers(env.action_space.n)), 0.0
-    for _ in range(steps):
+def held_chooser(actions: int, redraw: float, rng: np.random.Generator) -> Chooser:
+    """Uniform random actions, each kept until redrawn with probability `redraw` per step."""
+    current = [int(rng.integers(actions))]
+
+    def choose(is_first: bool) -> int:
         if rng.random() < redraw:
-            action = int(rng.integers(env.action_space.n))
-        _, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        if terminated or truncated:
+            current[0] = int(rng.integers(actions))
+        return current[0]
+
+    return choose
+
+
+def colored_chooser(actions: int, beta: float, episode_steps: int, rng: np.random.Generator) -> Chooser:
+    """The argmax of colored Gaussian noise per action: uniform at each step, correlated along episodes."""
+    noise = ActionNoise(beta, envs=1, action_dim=actions, steps=episode_steps, rng=rng)
+    return lambda is_first: int(noise.next(np.array([is_first]))[0].argmax())
+
+
+def random_reward(env, steps: int, choose: Chooser, seed: int) -> float:
+    """Total reward of `steps` env steps of the chooser's actions."""
+    env.reset(seed=seed)
+    total, is_first = 0.0, True
+    for _ in range(steps):
+        _, reward, terminated, truncated, _ = env.step(choose(is_first))
+        total, is_first = total + float(reward), terminated or truncated
+        if is_first:
             env.reset()
     return total
 
@@ -48,18 +71,24 @@ def main() -> None:
     parser.add_argument("--env", default="MinAtar/Freeway-v1")
     parser.add_argument("--steps", type=int, default=25_000)
     parser.add_argument("--redraw", type=float, nargs="+", default=[1.0, 0.1, 0.02])
+    parser.add_argument("--colors", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="noise exponents beta")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     env = envs.make(args.env)
     if not hasattr(env.action_space, "n"):
         raise SystemExit(f"{args.env}: this benchmark needs discrete actions")
+    actions, episode_steps = int(env.action_space.n), envs.episode_steps(args.env)
+    schemes = [("redraw", p, lambda rng, p=p: held_chooser(actions, p, rng)) for p in args.redraw]
+    schemes += [("color", b, lambda rng, b=b: colored_chooser(actions, b, episode_steps, rng)) for b in args.colors]
     rows = []
-    for redraw in args.redraw:
-        rewards = [random_reward(env, args.steps, redraw, seed) for seed in args.seeds]
-        rows.append({"redraw": redraw, "mean_run_steps": 1 / redraw, "reward_per_seed": rewards})
-        print(f"redraw p={redraw}: reward in {args.steps:,} steps per seed {rewards}")
-    constant = [constant_reward(env, action, args.seeds[0]) for action in range(env.action_space.n)]
+    for kind, value, make_chooser in schemes:
+        rewards = [
+            random_reward(env, args.steps, make_chooser(np.random.default_rng(seed)), seed) for seed in args.seeds
+        ]
+        rows.append({kind: value, "reward_per_seed": rewards})
+        print(f"{kind} {value}: reward in {args.steps:,} steps per seed {rewards}")
+    constant = [constant_reward(env, action, args.seeds[0]) for action in range(actions)]
     print(f"one episode of each constant action: {constant}")
     out = args.out or Path(f"benchmarks/results/persistence-{args.env.replace('/', '_')}.json")
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "random": rows, "constant_action_return": constant}

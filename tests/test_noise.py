@@ -1,5 +1,5 @@
 """Colored action noise: unit variance, the asked spectrum, one sequence per episode, and its use in
-collection (continuous actions only)."""
+collection: added to continuous actions, Gumbel-max samples of discrete ones."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ import torch
 
 from agent import Trainer
 from agent.config import ConfigError, make_config
+from agent.nets import OneHotPolicy
 from agent.noise import ActionNoise, colored_noise
 
 
@@ -53,7 +54,7 @@ def test_each_episode_reads_its_own_sequence_from_the_start_and_a_long_one_draws
     assert not np.allclose(noise.sequences[0], sequences[0]) and noise.position.tolist() == [1, 4]
 
 
-def test_collection_pushes_continuous_actions_with_the_colored_noise_and_leaves_discrete_ones_alone():
+def test_collection_pushes_continuous_actions_with_the_colored_noise():
     def lag_one_correlation(noise_color):
         trainer = Trainer.create("Pendulum-v1", preset="tiny", seed=0, train={"noise_color": noise_color})
         try:
@@ -66,9 +67,45 @@ def test_collection_pushes_continuous_actions_with_the_colored_noise_and_leaves_
         return np.corrcoef(actions[1:], actions[:-1])[0, 1]
 
     assert lag_one_correlation(2.0) > 0.9 and abs(lag_one_correlation(0.0)) < 0.2
-    trainer = Trainer.create("CartPole-v1", preset="tiny", seed=0)
-    trainer.close()
-    assert trainer.action_noise is None  # discrete actions are sampled from the categorical as before
+
+
+def test_a_noise_sample_of_a_discrete_policy_has_the_policy_distribution_and_follows_the_noise():
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    policy = OneHotPolicy(probs.log().expand(200_000, 4), unimix=0.0)
+    white = torch.randn(200_000, 4, generator=torch.Generator().manual_seed(0))
+    actions = policy.sample(noise=white)
+    assert actions.shape == (200_000, 4) and torch.all(actions.sum(-1) == 1)
+    assert torch.allclose(actions.mean(0), probs, atol=0.004)  # Gumbel-max: each step samples the policy
+    # the action is a function of the noise: larger noise on an action wins it, whatever the policy
+    assert torch.equal(policy.sample(noise=white), actions)
+    loud = torch.zeros(200_000, 4)
+    loud[:, 3] = 10.0  # the least likely action
+    assert torch.all(policy.sample(noise=loud).argmax(-1) == 3)
+    # extreme noise stays finite (float64 log_ndtr), and equal noise leaves the most likely action
+    assert torch.all(policy.sample(noise=torch.full((200_000, 4), -40.0)).argmax(-1) == 0)
+    # colored noise along 1,000 episodes of 200 steps: same marginal distribution, far longer runs of one action
+    sequences = colored_noise(1.0, 1000 * 4, 200, np.random.default_rng(0)).reshape(1000, 4, 200)
+    pink = torch.as_tensor(sequences.transpose(0, 2, 1).reshape(200_000, 4), dtype=torch.float32)
+    pink_actions = policy.sample(noise=pink).argmax(-1).reshape(1000, 200)
+    assert torch.allclose(torch.bincount(pink_actions.flatten(), minlength=4) / 200_000.0, probs, atol=0.01)
+    white_actions = actions.argmax(-1).reshape(1000, 200)
+    repeats = [(a[:, 1:] == a[:, :-1]).float().mean().item() for a in (white_actions, pink_actions)]
+    assert abs(repeats[0] - (probs**2).sum()) < 0.01 and repeats[1] > 0.6  # white: independent draws
+
+
+@pytest.mark.parametrize("noise_color", [0.0, 1.0])
+def test_discrete_collection_uses_the_noise_only_when_colored(noise_color):
+    trainer = Trainer.create("CartPole-v1", preset="tiny", seed=0, train={"noise_color": noise_color})
+    try:
+        for _ in range(400):  # prefill: uniform random actions
+            trainer.collect()
+        actions = trainer.replay.data["action"][0, :400].argmax(-1)
+    finally:
+        trainer.close()
+    assert (trainer.action_noise is None) == (noise_color == 0)  # 0: sampled from the categorical as before
+    assert 0.4 < actions.mean() < 0.6
+    repeats = (actions[1:] == actions[:-1]).mean()
+    assert (repeats > 0.7) if noise_color else (0.4 < repeats < 0.6)
 
 
 def test_the_policy_adds_the_given_noise_to_its_mean_and_clips():
@@ -85,6 +122,20 @@ def test_the_policy_adds_the_given_noise_to_its_mean_and_clips():
         trainer.close()
     assert np.allclose(quiet, mode) and np.allclose(loud, 1.0)
     assert torch.all(std > 0.5)  # the untrained policy's std: the noise is not scaled away
+
+
+def test_a_discrete_policy_step_takes_its_action_from_the_given_noise():
+    trainer = Trainer.create("CartPole-v1", preset="tiny", seed=0, train={"noise_color": 1.0})
+    try:
+        agent, obs, first = trainer.agent, trainer.obs, np.ones(1, bool)
+        picks = []
+        for action in range(2):
+            noise = np.zeros((1, 2), np.float32)
+            noise[0, action] = 8.0
+            picks.append(agent.policy_step(obs, agent.initial_state(1), first, False, noise)[0].argmax(-1)[0])
+    finally:
+        trainer.close()
+    assert picks == [0, 1]
 
 
 def test_noise_color_outside_zero_to_two_is_refused():
