@@ -4,7 +4,8 @@
 - colored: the action is the argmax of one colored Gaussian sequence per action (agent.noise), which is
   how the agent explores with `train.noise_color` (each step's action is still uniform on its own).
 A sparse-reward game such as MinAtar Freeway pays a random walk almost nothing, which leaves a world model
-no rewards to learn from (README: MinAtar). Also the reward of each constant action.
+no rewards to learn from (README: MinAtar). Also the mean return of each constant action over episodes with
+seeds 0, 1, ... (Freeway's always-up: 0 to 39 by seed, as the cars' timing lets it through or not).
 
     python benchmarks/persistence.py --env MinAtar/Freeway-v1
 """
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--redraw", type=float, nargs="+", default=[1.0, 0.1, 0.02])
     parser.add_argument("--colors", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="noise exponents beta")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--constant-episodes", type=int, default=20, help="episodes per constant action")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     env = envs.make(args.env)
@@ -88,10 +90,12 @@ def main() -> None:
         ]
         rows.append({kind: value, "reward_per_seed": rewards})
         print(f"{kind} {value}: reward in {args.steps:,} steps per seed {rewards}")
-    constant = [constant_reward(env, action, args.seeds[0]) for action in range(actions)]
-    print(f"one episode of each constant action: {constant}")
+    constant = [
+        [constant_reward(env, action, seed) for seed in range(args.constant_episodes)] for action in range(actions)
+    ]
+    print(f"mean return of each constant action over {args.constant_episodes} episodes: {np.mean(constant, 1)}")
     out = args.out or Path(f"benchmarks/results/persistence-{args.env.replace('/', '_')}.json")
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "random": rows, "constant_action_return": constant}
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "random": rows, "constant_action_returns": constant}
     atomic_write_text(out, json.dumps(payload, indent=1))
     print(f"wrote {out}")
 
