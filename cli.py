@@ -458,6 +458,9 @@ def evaluate(
         *(f"{result[k]:.1f}" for k in ("mean_return", "std_return", "min_return", "max_return", "mean_length"))
     )
     console.print(table)
+    if result["action_share"] is not None:
+        shares = ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(result["action_share"]))
+        console.print(f"actions taken (share of steps): {shares}")
 
 
 # --- agent watch --------------------------------------------------------------------------------------

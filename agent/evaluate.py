@@ -31,7 +31,9 @@ def evaluation_envs(agent: Agent, episodes: int) -> gym.vector.VectorEnv:
 def evaluate(
     agent: Agent, episodes: int = 10, seed: int = 0, env: gym.vector.VectorEnv | None = None
 ) -> dict[str, Any]:
-    """Returns and lengths of `episodes` deterministic episodes (no exploration) with seeds seed, seed + 1, ...
+    """Returns and lengths of `episodes` deterministic episodes (no exploration) with seeds seed, seed + 1, ...,
+    and for discrete actions the share of the steps that took each action (a policy that always takes one
+    action shows at once).
 
     env: a vector env of exactly `episodes` sub-environments from `evaluation_envs` (reused between
     calls, so that repeated evaluations do not build new environments); made and closed here if None.
@@ -46,8 +48,10 @@ def evaluate(
         is_first = np.ones(episodes, bool)
         returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
         running, terminated = np.ones(episodes, bool), np.zeros(episodes, bool)
+        action_counts = np.zeros(agent.action_dim)
         while running.any():
             action, state = agent.policy_step(obs, state, is_first, deterministic=True)
+            action_counts += action[running].sum(0)  # one-hot rows when discrete
             obs, reward, term, trunc, _ = env.step(envs.to_env_action(action, agent.discrete))
             returns += reward * running
             lengths += running
@@ -69,4 +73,5 @@ def evaluate(
         "returns": returns.tolist(),
         "lengths": lengths.tolist(),
         "terminated": terminated.tolist(),
+        "action_share": (action_counts / lengths.sum()).tolist() if agent.discrete else None,
     }

@@ -170,6 +170,14 @@ class SymlogMSE:
         return -((self.pred - symlog(target)) ** 2).sum(-1)
 
 
+def gumbel_from_normal(z: Tensor) -> Tensor:
+    """Standard-normal values -> standard-Gumbel ones of the same ranks: -log(-log U) for U = Phi(z).
+    log_ndtr in float64 stays finite for any |z| < 38 (far beyond what a normal draws), and on the CPU,
+    since some devices (Apple's mps) have no float64; float32 is ample for the result."""
+    gumbel = -torch.log(-torch.special.log_ndtr(z.detach().to("cpu", torch.float64)))
+    return gumbel.to(z.device, torch.float32)
+
+
 class OneHotPolicy:
     """Discrete actions as one-hot vectors: a categorical with a 1% uniform mixture (DreamerV3)."""
 
@@ -178,14 +186,13 @@ class OneHotPolicy:
 
     def sample(self, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
         """noise (..., K): one standard-normal value per action (e.g. colored along an episode; agent.noise),
-        turned into Gumbel noise with the same ranks: argmax(log p + Gumbel) is a sample of p (Gumbel-max),
-        so each step's action keeps the policy's distribution while correlated noise keeps choosing alike."""
+        turned into Gumbel noise with the same ranks. argmax(log p + Gumbel) is a sample of p (Gumbel-max):
+        over the noise's own randomness each step keeps the policy's distribution, while noise correlated
+        along an episode keeps choosing alike where the policy is unsure (runs of one action)."""
         if noise is None:
             index = sample_index(self.probs, generator)
         else:
-            # Gumbel = -log(-log U) for U = Phi(z) uniform; log_ndtr in float64 keeps both tails finite
-            gumbel = -torch.log(-torch.special.log_ndtr(noise.double()))
-            index = (self.logp.double() + gumbel).argmax(-1)
+            index = (self.logp + gumbel_from_normal(noise)).argmax(-1)
         return one_hot(index, self.probs.shape[-1], self.probs.dtype)
 
     def mode(self) -> Tensor:

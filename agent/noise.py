@@ -1,4 +1,4 @@
-"""Temporally correlated noise for the continuous actions an agent explores with.
+"""Temporally correlated noise for the actions an agent explores with (discrete ones: agent.nets.OneHotPolicy).
 
 White noise (independent every step) averages out within a few steps: it rarely carries a car up
 MountainCar's hill or swings a pole up. Noise whose power spectrum falls as 1/f**beta keeps pushing

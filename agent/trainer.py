@@ -139,10 +139,10 @@ class Trainer:
         }
         self.generator = torch.Generator(agent.device).manual_seed(cfg.seed + 1)  # replay starts, imagination
         self.rng = np.random.default_rng(cfg.seed)  # prefill actions, action noise
-        # discrete actions at noise_color 0 are sampled from the categorical directly (the same distribution)
-        discrete_white = agent.discrete and cfg.train.noise_color == 0
-        self.action_noise = None if discrete_white else ActionNoise(
-            cfg.train.noise_color, cfg.train.envs, agent.action_dim, envs.episode_steps(cfg.env_id, cfg.action_repeat),
+        # discrete actions at color 0 are sampled from the categorical directly (the same distribution)
+        color = cfg.train.discrete_noise_color if agent.discrete else cfg.train.noise_color
+        self.action_noise = None if agent.discrete and color == 0 else ActionNoise(
+            color, cfg.train.envs, agent.action_dim, envs.episode_steps(cfg.env_id, cfg.action_repeat),
             self.rng,
         )  # fmt: skip
         self.counters = {"env_steps": 0, "updates": 0, "episodes": 0}

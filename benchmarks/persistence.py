@@ -2,7 +2,7 @@
 - held: the sampled action is redrawn with probability p at every step (p = 1: uniform random actions;
   p = 0.1: runs of 10 steps on average);
 - colored: the action is the argmax of one colored Gaussian sequence per action (agent.noise), which is
-  how the agent explores with `train.noise_color` (each step's action is still uniform on its own).
+  how the agent explores with `train.discrete_noise_color` (each step's action is still uniform on its own).
 A sparse-reward game such as MinAtar Freeway pays a random walk almost nothing, which leaves a world model
 no rewards to learn from (README: MinAtar). Also the mean return of each constant action over episodes with
 seeds 0, 1, ... (Freeway's always-up: 0 to 39 by seed, as the cars' timing lets it through or not).

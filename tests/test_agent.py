@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import envs
 from agent import Agent, Trainer, evaluate
 from agent.checkpoint import CheckpointError
 
@@ -93,6 +94,18 @@ def test_evaluate_reports_returns_and_lengths_and_reuses_its_environments(traine
     again = [evaluate(agent, 3, 5, env) for _ in range(2)]  # the same env, reset with the same seeds
     env.close()
     assert again[0]["returns"] == again[1]["returns"] == result["returns"]
+    # the share of each action over every step of the three episodes, as the same episodes played one by one
+    counts = np.zeros(2)
+    for seed in (5, 6, 7):
+        env = envs.make("CartPole-v1")
+        obs, _ = env.reset(seed=seed)
+        state, done = None, False
+        while not done:
+            action, state = agent.act(obs, state)
+            counts[int(action)] += 1
+            obs, _, term, trunc, _ = env.step(int(action))
+            done = term or trunc
+    assert np.allclose(result["action_share"], counts / counts.sum())
 
 
 def test_collection_keeps_episode_boundaries_and_counts_real_steps():

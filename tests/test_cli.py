@@ -77,6 +77,7 @@ def test_train_writes_a_run_that_eval_reads(run_dir):
     result = runner.invoke(app, ["eval", str(run), "--episodes", "3"])
     assert result.exit_code == 0, result.output
     assert "best.safetensors" in result.output and "mean return" in result.output
+    assert "actions taken (share of steps): 0: " in result.output
     result = runner.invoke(app, ["eval", str(run), "--episodes", "2", "--json", "--checkpoint", "last"])
     data = json.loads(result.output)
     assert data["env_id"] == "CartPole-v1" and data["episodes"] == 2 and len(data["returns"]) == 2
