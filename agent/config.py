@@ -86,12 +86,12 @@ class TrainConfig:
     prefill: int = 1000  # env steps of random actions before training starts
     # spectrum exponent of the noise in sampled continuous actions, along each episode: 0 white, 1 pink
     # (Eberhard et al. 2023: the best default across tasks; finds MountainCarContinuous's goal), 2 red
-    noise_color: float = 1.0
+    noise_color: float = 1.0  # colored noise of sampled continuous actions: 0 white, 1 pink, 2 red
     # the same for discrete actions, as Gumbel-max samples of the policy from the colored noise (runs of one
     # action while the policy is unsure). Off (0: the categorical sampled directly): pink found less reward
     # than uniform actions on 4 of 5 MinAtar games, did not raise Freeway's score and reached CartPole's
     # 475 on 2 seeds of 3 against 3 (README: MinAtar)
-    discrete_noise_color: float = 0.0
+    discrete_noise_color: float = 0.0  # the same for discrete actions (Gumbel-max): 0 off, 1 pink, 2 red
     envs: int = 1  # environments stepped together; acting is batched across them
     vector: str = "sync"  # sync: all in this process (cheap envs); async: a process each (expensive envs)
     replay_capacity: int = 1_000_000  # env steps kept in the replay buffer
