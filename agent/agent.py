@@ -101,8 +101,8 @@ class Agent:
         policy = self.actor_critic.policy(latent.features())
         if deterministic:
             action = policy.mode()
-        elif noise is not None:
-            action = policy.sample(noise=torch.as_tensor(noise, device=self.device))
+        elif noise is not None:  # on the CPU: the policy moves it (the Gumbel transform runs on the CPU)
+            action = policy.sample(noise=torch.as_tensor(noise))
         else:
             action = policy.sample(self.generator)
         return action.cpu().numpy(), PolicyState(latent, action)

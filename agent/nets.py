@@ -173,9 +173,8 @@ class SymlogMSE:
 def gumbel_from_normal(z: Tensor) -> Tensor:
     """Standard-normal values -> standard-Gumbel ones of the same ranks: -log(-log U) for U = Phi(z).
     log_ndtr in float64 stays finite for any |z| < 38 (far beyond what a normal draws), and on the CPU,
-    since some devices (Apple's mps) have no float64; float32 is ample for the result."""
-    gumbel = -torch.log(-torch.special.log_ndtr(z.detach().to("cpu", torch.float64)))
-    return gumbel.to(z.device, torch.float32)
+    since some devices (Apple's mps) have no float64; the result is float32 (ample) on the CPU."""
+    return (-torch.log(-torch.special.log_ndtr(z.detach().to("cpu", torch.float64)))).float()
 
 
 class OneHotPolicy:
@@ -192,7 +191,7 @@ class OneHotPolicy:
         if noise is None:
             index = sample_index(self.probs, generator)
         else:
-            index = (self.logp + gumbel_from_normal(noise)).argmax(-1)
+            index = (self.logp + gumbel_from_normal(noise).to(self.logp.device)).argmax(-1)
         return one_hot(index, self.probs.shape[-1], self.probs.dtype)
 
     def mode(self) -> Tensor:
@@ -219,6 +218,7 @@ class BoundedNormal:
         """noise: standard-normal values to use (e.g. colored along an episode; agent.noise), else drawn."""
         if noise is None:
             noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        noise = noise.to(self.loc.device, self.loc.dtype)
         return (self.loc + self.std * noise).clamp(-1, 1)
 
     def mode(self) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,13 @@ Chooser = Callable[[bool], int]
 
 def held_chooser(actions: int, redraw: float, rng: np.random.Generator) -> Chooser:
     """Uniform random actions, each kept until redrawn with probability `redraw` per step."""
-    current = [int(rng.integers(actions))]
+    current = int(rng.integers(actions))
 
     def choose(is_first: bool) -> int:
+        nonlocal current
         if rng.random() < redraw:
-            current[0] = int(rng.integers(actions))
-        return current[0]
+            current = int(rng.integers(actions))
+        return current
 
     return choose
 
@@ -45,25 +47,17 @@ def colored_chooser(actions: int, beta: float, episode_steps: int, rng: np.rando
     return lambda is_first: int(noise.next(np.array([is_first]))[0].argmax())
 
 
-def random_reward(env, steps: int, choose: Chooser, seed: int) -> float:
-    """Total reward of `steps` env steps of the chooser's actions."""
+def total_reward(env, choose: Chooser, seed: int, steps: int | None = None) -> float:
+    """Total reward of the chooser's actions over `steps` env steps (episodes restart), or over one episode."""
     env.reset(seed=seed)
-    total, is_first = 0.0, True
-    for _ in range(steps):
+    total, is_first, step = 0.0, True, 0
+    while steps is None or step < steps:
         _, reward, terminated, truncated, _ = env.step(choose(is_first))
-        total, is_first = total + float(reward), terminated or truncated
+        total, is_first, step = total + float(reward), terminated or truncated, step + 1
         if is_first:
+            if steps is None:
+                break
             env.reset()
-    return total
-
-
-def constant_reward(env, action: int, seed: int) -> float:
-    """Return of one episode that always takes `action`."""
-    env.reset(seed=seed)
-    total, done = 0.0, False
-    while not done:
-        _, reward, terminated, truncated, _ = env.step(action)
-        total, done = total + float(reward), terminated or truncated
     return total
 
 
@@ -78,20 +72,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     env = envs.make(args.env)
-    if not hasattr(env.action_space, "n"):
+    actions, discrete = envs.action_info(env.action_space)
+    if not discrete:
         raise SystemExit(f"{args.env}: this benchmark needs discrete actions")
-    actions, episode_steps = int(env.action_space.n), envs.episode_steps(args.env)
-    schemes = [("redraw", p, lambda rng, p=p: held_chooser(actions, p, rng)) for p in args.redraw]
-    schemes += [("color", b, lambda rng, b=b: colored_chooser(actions, b, episode_steps, rng)) for b in args.colors]
+    episode_steps = envs.episode_steps(args.env)
+    schemes = [("redraw", p, partial(held_chooser, actions, p)) for p in args.redraw]
+    schemes += [("color", b, partial(colored_chooser, actions, b, episode_steps)) for b in args.colors]
     rows = []
     for kind, value, make_chooser in schemes:
-        rewards = [
-            random_reward(env, args.steps, make_chooser(np.random.default_rng(seed)), seed) for seed in args.seeds
-        ]
+        choosers = {seed: make_chooser(np.random.default_rng(seed)) for seed in args.seeds}
+        rewards = [total_reward(env, choose, seed, args.steps) for seed, choose in choosers.items()]
         rows.append({kind: value, "reward_per_seed": rewards})
         print(f"{kind} {value}: reward in {args.steps:,} steps per seed {rewards}")
     constant = [
-        [constant_reward(env, action, seed) for seed in range(args.constant_episodes)] for action in range(actions)
+        [total_reward(env, lambda is_first, a=action: a, seed) for seed in range(args.constant_episodes)]
+        for action in range(actions)
     ]
     print(f"mean return of each constant action over {args.constant_episodes} episodes: {np.mean(constant, 1)}")
     out = args.out or Path(f"benchmarks/results/persistence-{args.env.replace('/', '_')}.json")
