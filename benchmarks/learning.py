@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import time
@@ -144,9 +145,11 @@ def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
     }
 
 
-def median_or_none(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def median_to_threshold(values: list[float | None]) -> float | None:
+    """Median over every seed, a seed that never reached the threshold counting as never (None): the
+    median is None when the median seed did not reach it, so failures are never averaged away."""
+    median = statistics.median(math.inf if v is None else v for v in values)
+    return None if math.isinf(median) else median
 
 
 def summary_table(args: argparse.Namespace, results: list[dict]) -> Table:
@@ -188,10 +191,8 @@ def main() -> None:
     reached = [r for r in results if r["steps_to_threshold"] is not None]
     summary = {
         "seeds_reaching_threshold": f"{len(reached)}/{len(results)}",
-        "median_steps_to_threshold": statistics.median(r["steps_to_threshold"] for r in reached) if reached else None,
-        "median_seconds_to_threshold": statistics.median(r["seconds_to_threshold"] for r in reached)
-        if reached
-        else None,
+        "median_steps_to_threshold": median_to_threshold([r["steps_to_threshold"] for r in results]),
+        "median_seconds_to_threshold": median_to_threshold([r["seconds_to_threshold"] for r in results]),
         "median_last3_mean": statistics.median(r["last3_mean"] for r in results),
         "mean_last_20_percent": statistics.mean(r["last_20_percent_mean"] for r in results),
         "median_run_seconds": statistics.median(r["seconds"] for r in results),
@@ -204,8 +205,8 @@ def main() -> None:
     if args.ppo:
         ppo = [run_ppo(args, seed, console) for seed in args.seeds]
         side = {
-            "ppo_median_steps_to_threshold": median_or_none([r["steps_to_threshold"] for r in ppo]),
-            "ppo_median_seconds_to_threshold": median_or_none([r["seconds_to_threshold"] for r in ppo]),
+            "ppo_median_steps_to_threshold": median_to_threshold([r["steps_to_threshold"] for r in ppo]),
+            "ppo_median_seconds_to_threshold": median_to_threshold([r["seconds_to_threshold"] for r in ppo]),
         }
         ours_steps, ours_seconds = summary["median_steps_to_threshold"], summary["median_seconds_to_threshold"]
         if ours_steps and side["ppo_median_steps_to_threshold"]:
