@@ -218,7 +218,8 @@ class BoundedNormal:
         """noise: standard-normal values to use (e.g. colored along an episode; agent.noise), else drawn."""
         if noise is None:
             noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
-        noise = noise.to(self.loc.device, self.loc.dtype)
+        else:  # given noise (acting) arrives on the CPU; imagination's own draws need no move
+            noise = noise.to(self.loc.device, self.loc.dtype)
         return (self.loc + self.std * noise).clamp(-1, 1)
 
     def mode(self) -> Tensor:

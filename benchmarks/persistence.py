@@ -80,8 +80,7 @@ def main() -> None:
     schemes += [("color", b, partial(colored_chooser, actions, b, episode_steps)) for b in args.colors]
     rows = []
     for kind, value, make_chooser in schemes:
-        choosers = {seed: make_chooser(np.random.default_rng(seed)) for seed in args.seeds}
-        rewards = [total_reward(env, choose, seed, args.steps) for seed, choose in choosers.items()]
+        rewards = [total_reward(env, make_chooser(np.random.default_rng(s)), s, args.steps) for s in args.seeds]
         rows.append({kind: value, "reward_per_seed": rewards})
         print(f"{kind} {value}: reward in {args.steps:,} steps per seed {rewards}")
     constant = [
