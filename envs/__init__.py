@@ -174,7 +174,9 @@ class ChannelsFirst(gym.ObservationWrapper):
     def __init__(self, env: gym.Env):
         super().__init__(env)
         space = env.observation_space
-        self.transpose = space.shape[-1] <= 4 < space.shape[0] or space.shape[-1] < space.shape[0]
+        # Gymnasium's images are (H, W, C); one whose last axis is longer than its first is channels-first
+        # already. A tie is (H, W, C): MinAtar Seaquest's 10x10 frames have 10 channels.
+        self.transpose = space.shape[-1] <= space.shape[0]
         shape = (space.shape[-1], *space.shape[:2]) if self.transpose else space.shape
         self.scale = 255 if space.dtype == bool else 1
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)

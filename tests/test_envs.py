@@ -166,3 +166,40 @@ def test_minatar_episodes_end_at_a_time_limit_even_where_the_game_never_ends():
         _, _, terminated, truncated, _ = env.step(0)
         steps += 1
     assert (steps, terminated, truncated) == (envs.MINATAR_STEP_LIMIT, False, True)
+
+
+class ImageOf(gym.Env):
+    """Random bool images of a given shape (MinAtar's dtype), for the layout of ChannelsFirst."""
+
+    def __init__(self, shape):
+        self.observation_space = gym.spaces.Box(0, 1, shape, bool)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.frame = self.np_random.random(self.observation_space.shape) < 0.5
+        return self.frame, {}
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels_last"),
+    [((10, 10, 10), True), ((10, 10, 4), True), ((64, 64, 3), True), ((3, 64, 64), False), ((1, 84, 84), False)],
+)
+def test_images_become_channels_first_including_as_many_channels_as_pixels_a_side(shape, channels_last):
+    wrapped = envs.ChannelsFirst(ImageOf(shape))
+    obs, _ = wrapped.reset(seed=0)
+    raw = wrapped.env.frame
+    expected = raw.transpose(2, 0, 1) if channels_last else raw
+    assert wrapped.observation_space.shape == expected.shape == obs.shape
+    np.testing.assert_array_equal(obs, expected.astype(np.uint8) * 255)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minatar") is None, reason="needs minatar")
+@pytest.mark.parametrize("game", ["Seaquest", "Breakout"])
+def test_minatar_channels_are_the_games_own(game):
+    env = envs.make(f"MinAtar/{game}-v1")
+    obs, _ = env.reset(seed=0)
+    for _ in range(20):
+        obs, *_ = env.step(env.action_space.sample())
+    state = env.unwrapped.game.state()  # (10, 10, channels) bools
+    np.testing.assert_array_equal(obs, state.transpose(2, 0, 1).astype(np.uint8) * 255)
