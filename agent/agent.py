@@ -17,7 +17,7 @@ from torch import Tensor
 import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
-from agent.config import Config, ConfigError, flatten, from_dict, kind_of_observation, make_config
+from agent.config import Config, ConfigError, flatten, from_dict, kind_of_observation, make_config, parse_device
 from agent.nets import use_bf16
 from agent.world_model import Latent, WorldModel
 
@@ -46,8 +46,7 @@ class Agent:
     def __init__(self, config: Config, obs_shape: tuple[int, ...], action_dim: int, discrete: bool):
         self.config = config
         self.obs_shape, self.action_dim, self.discrete = tuple(obs_shape), action_dim, discrete
-        self.device = torch.device(config.device)
-        check_device(self.device)
+        self.device = check_device(config.device)
         # the weights are initialised from the config's seed without touching the caller's RNGs
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
@@ -180,7 +179,7 @@ class Agent:
             raise checkpoint.CheckpointError(
                 f"{file}: its config is not this version's ({envs.first_line(error)})"
             ) from None
-        check_device(torch.device(config.device))  # a checkpoint from a GPU machine, opened on another
+        check_device(config.device)  # a checkpoint from a GPU machine, opened on another
         try:
             agent = cls(config, tuple(meta["obs_shape"]), int(meta["action_dim"]), bool(meta["discrete"]))
             split: dict[str, dict[str, Tensor]] = {"world_model": {}, "actor_critic": {}}  # others: training state
@@ -210,12 +209,16 @@ class Agent:
             )
 
 
-def check_device(device: torch.device) -> None:
-    """ConfigError unless this machine has the device (a run or checkpoint may come from another one)."""
+def check_device(name: str) -> torch.device:
+    """The device `name` names; ConfigError unless this machine has it (a run or checkpoint may come from another)."""
+    device = parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device}: no CUDA device is available here (torch {torch.__version__}); use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device}: no MPS device is available here; use cpu")
+    return device
 
 
 def make_env_config(preset: str = "default", overrides: dict[str, Any] | None = None, **top: Any) -> Config:

@@ -479,5 +479,15 @@ def validate(config: Config) -> None:
             f"train.replay_capacity ({t.replay_capacity}) must hold a sequence per env "
             f"(envs * seq_len = {t.envs * t.seq_len})"
         )
-    if config.device != "cpu" and not config.device.startswith(("cuda", "mps")):
-        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {config.device!r}")
+    parse_device(config.device)
+
+
+def parse_device(name: str) -> torch.device:
+    """The torch device `name` names; ConfigError unless it is one this agent runs on (cpu, cuda[:N], mps)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # torch's own message lists two dozen backends; ours names the three
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {name!r}")
+    return device

@@ -75,6 +75,9 @@ def cases(run: Path, tmp: Path) -> list[tuple[list[str], int, str]]:
         (["train", "--threads", "-1"], 2, "threads must be >= 0"),
         (["train", "--eval-every", "-5"], 2, "train.eval_every must be >= 0"),
         (["train", "--device", "tpu"], 2, "device must be cpu, cuda, cuda:N or mps"),
+        (["train", "--device", "cudax"], 2, "device must be cpu, cuda, cuda:N or mps, got 'cudax'"),
+        (["train", "--device", "xla"], 2, "device must be cpu, cuda, cuda:N or mps, got 'xla'"),
+        (["train", "--resume", str(run), "--device", "cudax"], 2, "device must be cpu, cuda, cuda:N or mps"),
         # run folders
         (["train", "--run-dir", str(tmp / "file")], 2, "is a file, not a folder"),
         (["train", "--run-dir", str(tmp / "file" / "run")], 2, "cannot write to the run folder"),
@@ -93,6 +96,8 @@ def cases(run: Path, tmp: Path) -> list[tuple[list[str], int, str]]:
         (["eval", str(run), "--checkpoint", "newest"], 2, "checkpoint must be one of best, last"),
         (["eval", str(run), "--episodes", "0"], 2, "--episodes must be > 0"),
         (["eval", str(run), "--threads", "-2"], 2, "--threads must be >= 0"),
+        (["eval", str(run), "--device", "tpu"], 2, "device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["watch", str(run), "--device", "cuda:x"], 2, "device must be cpu, cuda, cuda:N or mps"),
         # pictures
         (["watch", str(run), "--episodes", "0"], 2, "--episodes must be > 0"),
         (["watch", str(run), "--fps", "0"], 2, "--fps must be > 0"),
