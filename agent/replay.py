@@ -11,7 +11,8 @@ Persistence: with `persist(folder)`, new steps are also written to disk in chunk
 (`<start>-<end>.npz`, atomically renamed, steps [start, end) of every stream), when a chunk is full
 and at every `flush()` (the trainer flushes at each checkpoint). A crash loses at most the steps
 since the last chunk; `restore(folder, total)` loads chunks up to `total` steps, each exactly once,
-and deletes those written after it. Chunks that the ring has wholly overwritten are deleted.
+and deletes those written after it. Chunks that neither the ring nor the last checkpoint (`checkpointed()`)
+needs are deleted: the ring may have overwritten steps that a resume from that checkpoint still loads.
 
 Memory: obs bytes (e.g. 4 x obs_dim for float32 vectors, H x W x C for uint8 images)
 + 4 x action_dim + 4 (reward) + 3 (flags) bytes per step, allocated up front.
@@ -57,6 +58,7 @@ class Replay:
         self.rng = np.random.default_rng(seed)
         self.folder: Path | None = None
         self.saved = 0  # steps per stream already in chunk files
+        self.checkpoint_total: int | None = None  # `total` at the last checkpoint (None: none yet)
         self.chunk = 1024  # steps per stream in a full chunk
 
     def __len__(self) -> int:
@@ -96,7 +98,7 @@ class Replay:
         self.saved = self.total
 
     def flush(self) -> None:
-        """Write the steps not yet on disk as one chunk; drop chunks the ring has overwritten."""
+        """Write the steps not yet on disk as one chunk; drop chunks that nothing needs any more."""
         if self.folder is None or self.total == self.saved:
             return
         n = self.total - self.saved
@@ -110,8 +112,20 @@ class Replay:
 
         atomic_write(self.folder / f"{self.saved:012d}-{self.total:012d}.npz", write)
         self.saved = self.total
+        self.prune()
+
+    def checkpointed(self) -> None:
+        """A checkpoint of `total` steps is on disk: the chunks that only older checkpoints needed can go."""
+        self.checkpoint_total = self.total
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete the chunks older than both the ring's steps and those a resume from the last checkpoint loads."""
+        if self.folder is None:
+            return
+        needed_from = min(self.total, self.checkpoint_total if self.checkpoint_total is not None else self.total)
         for _, end, path in chunk_files(self.folder):
-            if end <= self.total - self.length:
+            if end <= needed_from - self.length:
                 path.unlink()
 
     def restore(self, folder: Path, total: int) -> None:
@@ -137,6 +151,7 @@ class Replay:
         if self.total != total:
             raise CheckpointError(f"{folder}: replay chunks end at step {self.total}, the checkpoint at {total}")
         self.persist(folder)
+        self.checkpoint_total = total
 
     def sample(self, batch: int, seq_len: int) -> dict[str, np.ndarray]:
         """`batch` sequences of `seq_len` consecutive steps: each field (batch, seq_len, ...)."""

@@ -566,6 +566,8 @@ class Trainer:
                 "device": self.agent.device.type,
             }
         self.agent.save(self.run.checkpoint(name), extra, tensors)
+        if name == "last":
+            self.replay.checkpointed()
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from a `last` checkpoint's training state (see `save`)."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.replay import Replay
+from agent.replay import Replay, chunk_files
 
 
 def fill(replay, episodes_per_stream, rng):
@@ -56,3 +56,31 @@ def test_capacity_bytes_per_step_and_errors():
     assert replay.bytes_per_step == 4 * 4 + 4 * 2 + 4 + 3
     with pytest.raises(ValueError, match="fewer than seq_len"):
         replay.sample(1, 3)
+
+
+def add_counted(replay, steps):
+    """`steps` steps whose obs is their index in the stream (replay.total before each)."""
+    for _ in range(steps):
+        index = np.full((1, 1), replay.total, np.float32)
+        zeros = np.zeros(1, bool)
+        replay.add({"obs": index, "action": np.zeros((1, 1), np.float32), "reward": np.zeros(1, np.float32),
+                    "is_first": zeros, "is_last": zeros, "is_terminal": zeros})  # fmt: skip
+
+
+def test_a_checkpoint_still_resumes_after_the_ring_has_overwritten_its_steps(tmp_path):
+    """Chunk files are pruned against the last checkpoint, not the ring: a crash long after a checkpoint
+    (checkpoint_every above the capacity) still resumes from it."""
+    replay = Replay(capacity=8, streams=1, obs_shape=(1,), action_dim=1)
+    replay.chunk = 3
+    replay.persist(tmp_path)
+    add_counted(replay, 10)
+    replay.flush()
+    replay.checkpointed()  # the trainer's `last` checkpoint at 10 steps
+    add_counted(replay, 20)  # three rings' worth, flushed in chunks of 3; then a crash
+    resumed = Replay(capacity=8, streams=1, obs_shape=(1,), action_dim=1)
+    resumed.restore(tmp_path, 10)
+    assert resumed.total == 10 and sorted(resumed.data["obs"][0, :, 0]) == list(range(2, 10))
+    add_counted(resumed, 20)
+    resumed.flush()
+    resumed.checkpointed()  # the next checkpoint, at 30: chunks older than its ring can go
+    assert chunk_files(tmp_path)[0][1] > 30 - 8 and chunk_files(tmp_path)[0][0] <= 30 - 8
