@@ -112,11 +112,15 @@ class Quantizer(nn.Module):
         Returns (code, index). The code is exact; its gradient is that of the expected code
         E_p[code] (for one-hot codes this is DreamerV3's one_hot + p - sg(p)).
         """
-        index = probs.argmax(-1) if deterministic else sample_index(probs, generator)
+        index = probs.argmax(-1) if deterministic else self.draw_index(probs, generator)
         code = self.codes(index).to(probs.dtype)
         if not torch.is_grad_enabled():  # no gradient wanted: skip the surrogate
             return code, index
         return straight_through(code, self.expected_code(probs)), index
+
+    def draw_index(self, probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A sample of each unit's index from probs (..., U, K)."""
+        return sample_index(probs, generator)
 
     @property
     def units(self) -> int:
@@ -206,6 +210,7 @@ class FSQ(Quantizer):
         self.register_buffer("offset", offset.float(), persistent=False)
         self.register_buffer("shift", torch.atanh(offset / half_l).float(), persistent=False)
         self.register_buffer("half_width", (L // 2).float(), persistent=False)
+        self.register_buffer("last_index", torch.tensor(levels) - 1, persistent=False)
         basis = torch.cumprod(torch.tensor((1, *levels[:-1])), 0)
         self.register_buffer("basis", basis, persistent=False)
         self.codebook_size = math.prod(levels)
@@ -225,6 +230,11 @@ class FSQ(Quantizer):
 
     def codes(self, index):
         return (index - self.half_width) / self.half_width
+
+    def draw_index(self, probs, generator=None):
+        # Where a unit's float32 CDF ends a few ulp short of 1, inverse-CDF sampling can land past its last
+        # level (about once in 1e7 draws) on a padding class of zero mass: that is the last level.
+        return torch.minimum(sample_index(probs, generator), self.last_index)
 
     def indices(self, code: Tensor) -> Tensor:
         """Per-dim indices (..., D) of codes on the level grid: the inverse of `codes`."""

@@ -162,6 +162,19 @@ def test_fsq_codebook_size_and_index_code_index_round_trip(levels, size):
     assert len(torch.unique(torch.cat([reached, random_codes]), dim=0)) == size
 
 
+def test_fsq_samples_only_its_levels_when_a_unit_cdf_ends_short_of_one():
+    """A prior's float32 probabilities may sum to a few ulp below 1; the mass missing here is exaggerated
+    (0.4) so that draws fall past the last level often: they must land on that level, not on padding."""
+    q = Q.make("fsq", levels=(8, 5))
+    probs = torch.zeros(20_000, 2, 8)
+    probs[:, 0] = 1 / 8
+    probs[:, 1, :5] = 0.6 / 5  # the 5-level unit: classes 5-7 are padding with zero mass
+    with torch.no_grad():
+        code, index = q.sample_codes(probs, generator=gen(0))
+    assert index[:, 1].max() == 4 and (index[:, 1] == 4).float().mean() > 0.4  # its own top level took the rest
+    assert index[:, 0].max() == 7 and torch.equal(q.indices(code), index)
+
+
 def test_fsq_even_levels_use_atanh_so_zero_maps_to_zero():
     q = Q.make("fsq", levels=(8, 6, 4, 2, 5))
     assert (q.bound(torch.zeros(5)).abs() < 5e-7).all()
