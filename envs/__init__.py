@@ -212,8 +212,12 @@ class PixelObservation(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, size: int):
         super().__init__(env)
         self.size = size
-        self.observation_space = gym.spaces.Box(0, 255, (3, size, size), np.uint8)
+        self.observation_space = self.space(size)
         self.frame: np.ndarray | None = None
+
+    @staticmethod
+    def space(size: int) -> gym.spaces.Box:
+        return gym.spaces.Box(0, 255, (3, size, size), np.uint8)
 
     def observation(self, obs):
         try:
@@ -282,21 +286,23 @@ def make(
             raise EnvError(f"{env_id}: a dependency is missing: {first_line(error)}") from None
         except Exception as error:  # a third-party env may fail in any way while it is made
             raise EnvError(f"{env_id}: cannot be made: {type(error).__name__}: {first_line(error)}") from None
-        if obs == "pixels":
-            env = PixelObservation(env, size)
-            env.reset(seed=0)  # renders a first frame: fails here, with EnvError, if the env cannot
     if obs != "pixels" and isinstance(env.observation_space, gym.spaces.Dict):
         env = FlattenDict(env, env_id)
-    check_spaces(env_id, env.observation_space, env.action_space)
+    own_obs = PixelObservation.space(size) if obs == "pixels" else env.observation_space
+    check_spaces(env_id, own_obs, env.action_space)
     if isinstance(env.action_space, gym.spaces.Box):
         shape, dtype = env.action_space.shape, env.action_space.dtype  # float32 bounds on a float64 Box warn
         low, high = np.full(shape, -1.0, dtype), np.full(shape, 1.0, dtype)
         env = gym.wrappers.RescaleAction(env, low, high)
     if action_repeat > 1:
         env = ActionRepeat(env, action_repeat)
-    if is_image(env.observation_space):
-        if not isinstance(env, PixelObservation):
-            env = ChannelsFirst(env)
+    if obs == "pixels":  # outside the action repeat: one frame rendered per agent step
+        env = PixelObservation(env, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env.reset(seed=0)  # renders a first frame: fails here, with EnvError, if the env cannot
+    elif is_image(env.observation_space):
+        env = ChannelsFirst(env)
     else:
         space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
         env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32), space)

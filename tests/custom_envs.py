@@ -57,7 +57,31 @@ class NoFrames(gym.Env):
         raise NotImplementedError("no frames here")
 
 
+class CountedFrames(gym.Env):
+    """Renders small black frames and counts them; every step rewards 1."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
+    observation_space = gym.spaces.Box(-1, 1, (3,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.renders = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 1.0, False, False, {}
+
+    def render(self):
+        self.renders += 1
+        return np.zeros((8, 8, 3), np.uint8)
+
+
 gym.register("DictObservations-v0", entry_point=DictObservations)
 gym.register("DictWithImage-v0", entry_point=lambda: DictObservations(with_image=True))
 gym.register("DictContinuous-v0", entry_point=lambda: DictObservations(continuous=True))
 gym.register("NoFrames-v0", entry_point=NoFrames)
+gym.register("CountedFrames-v0", entry_point=CountedFrames)

@@ -203,3 +203,13 @@ def test_minatar_channels_are_the_games_own(game):
         obs, *_ = env.step(env.action_space.sample())
     state = env.unwrapped.game.state()  # (10, 10, channels) bools
     np.testing.assert_array_equal(obs, state.transpose(2, 0, 1).astype(np.uint8) * 255)
+
+
+def test_pixel_observations_render_once_per_agent_step_under_action_repeat():
+    env = envs.make("custom_envs:CountedFrames-v0", obs="pixels", size=8, action_repeat=3)
+    obs, _ = env.reset(seed=0)
+    before = env.unwrapped.renders
+    for _ in range(4):
+        obs, reward, *_ = env.step(0)
+        assert reward == 3.0 and obs.shape == (3, 8, 8)
+    assert env.unwrapped.renders - before == 4
