@@ -378,7 +378,7 @@ def print_summary(trainer: Trainer, last_eval: dict[str, Any]) -> None:
 @app.command("config")
 def show_config(
     ctx: typer.Context,
-    env_id: Annotated[str, typer.Argument(help="A Gymnasium id (not checked here).")] = "CartPole-v1",
+    env_id: Annotated[str, typer.Argument(help="A Gymnasium id; it is made once to read its spaces.")] = "CartPole-v1",
     quantizer: Annotated[str, typer.Option("--quantizer", "-q", help=f"One of: {QUANTIZER_NAMES}.")] = "categorical",
     preset: Annotated[str, typer.Option(help=f"Sizes and schedule: {PRESET_NAMES}.")] = "default",
     set_: Annotated[

@@ -84,9 +84,8 @@ class TrainConfig:
     seq_len: int = 32  # steps per sequence
     train_ratio: float = 64.0  # replayed steps per stored (agent) step: updates = agent steps * ratio / (B * T)
     prefill: int = 1000  # env steps of random actions before training starts
-    # spectrum exponent of the noise in sampled continuous actions, along each episode: 0 white, 1 pink
-    # (Eberhard et al. 2023: the best default across tasks; finds MountainCarContinuous's goal), 2 red
-    noise_color: float = 1.0  # colored noise of sampled continuous actions: 0 white, 1 pink, 2 red
+    # pink (Eberhard et al. 2023): the best default across tasks; finds MountainCarContinuous's goal
+    noise_color: float = 1.0  # colored noise of sampled continuous actions along each episode: 0 white, 1 pink, 2 red
     # the same for discrete actions, as Gumbel-max samples of the policy from the colored noise (runs of one
     # action while the policy is unsure). Off (0: the categorical sampled directly): pink found less reward
     # than uniform actions on 4 of 5 MinAtar games, did not raise Freeway's score and reached CartPole's

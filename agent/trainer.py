@@ -1,9 +1,9 @@
 """The training loop: collect -> world-model update -> imagine -> actor-critic update -> log/checkpoint.
 
-Updates follow the train ratio: after n env steps, n * train_ratio / (batch * seq_len) updates have
-been made, so every env step is replayed about train_ratio times. The first `prefill` env steps use
-random actions. Evaluation runs deterministic episodes in separate environments every `eval_every`
-env steps; the run keeps its best evaluated checkpoint beside its last.
+Updates follow the train ratio: after n agent steps (env steps / action_repeat), n * train_ratio /
+(batch * seq_len) updates have been made, so every stored step is replayed about train_ratio times.
+The first `prefill` env steps use random actions. Evaluation runs deterministic episodes in separate
+environments every `eval_every` env steps; the run keeps its best evaluated checkpoint beside its last.
 
 State that an update changes besides the weights (the return normalisation's percentiles, VQ's
 codebook statistics) is committed only after the update's losses and gradients are known to be
