@@ -94,7 +94,9 @@ def test_without_a_terminal_train_prints_plain_progress_lines(run_dir):
     assert all(len(line) <= 80 for line in header)
 
 
-def test_the_live_view_moves_between_log_lines_and_waits_for_training_before_an_eta():
+def test_the_live_view_moves_between_log_lines_and_waits_for_training_before_an_eta(monkeypatch):
+    monkeypatch.setattr(cli.time, "monotonic", lambda: 1000.0)  # the view's clock, stopped: no timing race
+
     class Fake:  # what the view reads of a trainer
         def __init__(self):
             self.counters = {"env_steps": 0, "updates": 0, "episodes": 0}
@@ -108,7 +110,7 @@ def test_the_live_view_moves_between_log_lines_and_waits_for_training_before_an_
     assert "prefill (random actions)" in text and "eta after prefill" in text
     fake.counters.update(env_steps=400, updates=50)
     view.samples.clear()
-    view.samples.append((time.monotonic() - 10, 300, 25))  # 100 env steps in the last 10 s
+    view.samples.append((1000.0 - 10, 300, 25))  # 100 env steps in the last 10 s
     console.print(view)
     text = console.export_text()
     assert "400/1,000 env steps" in text and "eta 00:01:00" in text and "training" in text
@@ -162,7 +164,7 @@ def test_ctrl_c_checkpoints_and_prints_the_quoted_resume_command_then_resume_fin
     assert result.exit_code == 0 and f"resuming {run}" in " ".join(result.output.split())
 
 
-def test_a_second_ctrl_c_aborts_at_once(tmp_path):
+def test_ctrl_c_twice_ends_agent_train_with_130_and_one_line(tmp_path):  # the abort itself: test_trainer
     run = tmp_path / "run"
     process = train_in_a_subprocess(run, 5000)
     os.kill(process.pid, signal.SIGINT)

@@ -14,6 +14,7 @@ import agent.checkpoint
 from agent.config import Config, ConfigError, from_dict, make_config
 from agent.runs import RunFolder
 from cli import app
+from envs import EnvError
 
 runner = CliRunner()
 
@@ -80,8 +81,10 @@ def test_a_full_disk_inside_safetensors_is_one_line_too(tmp_path, monkeypatch):
 
 
 def test_debug_shows_the_traceback():
-    result = runner.invoke(app, ["--debug", "train", "Cartpole-v1"])
-    assert result.exit_code != 0 and result.exception is not None
+    plain = runner.invoke(app, ["train", "Cartpole-v1"])
+    assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit)  # one line, no traceback
+    debug = runner.invoke(app, ["--debug", "train", "Cartpole-v1"])
+    assert isinstance(debug.exception, EnvError) and "did you mean CartPole-v1" in str(debug.exception)
 
 
 # --- fuzzing: every override and every config file either works or fails with a ConfigError ------

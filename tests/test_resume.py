@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agent import Agent, Trainer
 from agent.config import ConfigError
@@ -45,7 +46,9 @@ def test_resume_continues_counters_replay_and_log_exactly(tmp_path):
         assert np.array_equal(trainer.replay.data[key][:, :held], old.replay.data[key][:, :held])
     for name, optimizer in trainer.optimizers.items():
         a, b = optimizer.state_dict()["state"], old.optimizers[name].state_dict()["state"]
-        assert all(np.array_equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
+        assert a and a.keys() == b.keys(), name  # every parameter's moments, not none
+        for i in a:
+            assert all(torch.equal(a[i][key], b[i][key]) for key in ("exp_avg", "exp_avg_sq", "step")), (name, i)
     assert trainer.best_eval == old.best_eval and trainer.evaluations == old.evaluations
     assert trainer.agent.generator.get_state().equal(old.agent.generator.get_state())
     assert trainer.generator.get_state().equal(old.generator.get_state())

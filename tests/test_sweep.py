@@ -104,10 +104,16 @@ def test_more_cpus_per_run_than_any_node_has_is_refused(tmp_path):
 def test_a_run_sees_the_stop_file_and_ends_with_a_checkpoint(tmp_path):
     run, stop = tmp_path / "run", tmp_path / STOP_FILE
     config = Trainer.create("CartPole-v1", preset="tiny", train={"steps": 3000, "log_every": 50}).agent.config
-    timer = threading.Timer(1.0, stop.write_text, args=("",))
-    timer.start()
+
+    def stop_once_training_has_begun():  # a file, as `agent sweep --stop` writes it, once the run is under way
+        while not (run / "metrics.jsonl").is_file():
+            time.sleep(0.01)
+        stop.write_text("")
+
+    stopper = threading.Thread(target=stop_once_training_has_begun)
+    stopper.start()
     result = train_run(str(run), config.to_dict(), 1, str(stop))
-    timer.join()
+    stopper.join()
     assert result["status"] == "stopped" and 0 < result["env_steps"] < 3000
     assert read_run(run).env_steps == result["env_steps"] and read_run(run).status == "interrupted"
     stop.unlink()

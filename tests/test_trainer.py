@@ -179,6 +179,24 @@ def test_ctrl_c_writes_a_checkpoint_and_stops_with_the_step(tmp_path, interactiv
         assert resumed.counters["env_steps"] == 400
 
 
+def test_a_second_ctrl_c_aborts_at_once_without_a_checkpoint(tmp_path, interactive):
+    run = tmp_path / "run"
+    train = {"steps": 400, "log_every": 50, "checkpoint_every": 100}
+    trainer = Trainer.create("CartPole-v1", preset="tiny", run_dir=run, train=train)
+
+    def press_ctrl_c_twice(line):
+        if line["step"] == 150:
+            signal.raise_signal(signal.SIGINT)  # asks for a stop at the next safe point ...
+            signal.raise_signal(signal.SIGINT)  # ... and this one aborts right here
+
+    with pytest.raises(KeyboardInterrupt) as abort:
+        trainer.learn(on_log=press_ctrl_c_twice)
+    assert type(abort.value) is KeyboardInterrupt  # not TrainingInterrupted: no stop at a safe point
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    trainer.close()
+    assert Agent.load(run, which="last").trained_env_steps == 100  # the last scheduled one; none at the abort
+
+
 def test_steps_at_or_below_the_random_prefill_are_refused():
     with pytest.raises(ConfigError, match=r"train.steps \(500\) must be above train.prefill \(1,000\)"):
         make_config("default", {"train.steps": 500})
