@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from peers import sb3_mean_return  # benchmarks/: the SB3 peers' evaluation, shared
+from peers import last_fifth_mean, sb3_mean_return  # benchmarks/: shared with the SB3 peers
 from rich.console import Console
 from rich.table import Table
 
@@ -89,11 +89,6 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "curve": curve,
     }
-
-
-def last_fifth_mean(curve: list[dict], steps: int) -> float:
-    """Mean evaluation over the last 20% of the run (steps above 0.8 * steps): DreamerV3's published score."""
-    return statistics.mean(p["return"] for p in curve if p["step"] > 0.8 * steps)
 
 
 # rl-baselines3-zoo's tuned PPO settings for CartPole-v1 (hyperparams/ppo.yml); schedules over 1e5 steps

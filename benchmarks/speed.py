@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import time
@@ -123,7 +124,11 @@ def acting_ms(agent: Agent, batch: int, device: torch.device) -> float:
 
 
 def end_to_end_sps(config, steps: int) -> float:
+    """Env steps/s of `trainer.learn` at the train ratio, past the prefill: the updates that the prefill's
+    steps are owed (a run makes them once, at its first training step) are counted as made, not timed."""
     trainer = ready_trainer(config, config.train.prefill)  # replay filled without training; then time both
+    t = config.train
+    trainer.counters["updates"] = math.ceil(t.prefill // config.action_repeat * t.train_ratio / (t.batch * t.seq_len))
     start = time.perf_counter()
     trainer.learn(steps)
     return steps / (time.perf_counter() - start)

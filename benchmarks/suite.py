@@ -26,6 +26,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from peers import last_fifth_mean  # benchmarks/
+
 from agent.analysis import aggregate_groups
 from agent.checkpoint import atomic_write_text
 from agent.plots import curves_figure, save_figure
@@ -39,27 +41,49 @@ def published_key(env_id: str) -> str:
 
 
 def load(folder: Path, prefix: str) -> dict[str, dict[str, list[dict]]]:
-    """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm."""
+    """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm. SystemExit if the
+    records of one env were not run on one protocol (budget, evaluation spacing, action repeat) or hold
+    a seed twice: the table would compare unlike runs."""
     out: dict[str, dict[str, list[dict]]] = {}
+    protocols: dict[str, dict[tuple, list[str]]] = {}
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         if "seeds" in data:  # benchmarks/learning.py: args + summary + a record per seed
-            env_id, who, records = data["args"]["env"], "agent", data["seeds"]
+            env_id, who, records, args = data["args"]["env"], "agent", data["seeds"], data["args"]
+            protocol = (args["steps"], args["eval_every"], action_repeat(data, path))
         else:  # benchmarks/peers.py: one seed per file
             env_id, who, records = data["env"], data["algo"].upper(), [data]
+            protocol = (data["steps"], data["eval_every"], data["action_repeat"])
         if env_id.startswith(prefix):
             out.setdefault(env_id, {}).setdefault(who, []).extend(records)
+            protocols.setdefault(env_id, {}).setdefault(protocol, []).append(path.name)
+    for env_id, seen in protocols.items():
+        if len(seen) > 1:
+            kinds = "; ".join(f"{', '.join(names)}: steps/eval_every/action_repeat {p}" for p, names in seen.items())
+            raise SystemExit(f"error: {env_id} was run on different protocols ({kinds})")
+        for who, records in out[env_id].items():
+            seeds = [r["seed"] for r in records]
+            if len(set(seeds)) < len(seeds):
+                raise SystemExit(f"error: {env_id}: {who} has a seed twice ({sorted(seeds)}) in {folder}")
     return out
 
 
+def action_repeat(data: dict, path: Path) -> int:
+    """A learning.py file's action repeat: its records' config, or (files before that field) its --set."""
+    if "config" in data["seeds"][0]:
+        return data["seeds"][0]["config"]["action_repeat"]
+    given = [int(item.split("=")[1]) for item in data["args"]["set"] if item.startswith("action_repeat=")]
+    if not given:
+        raise SystemExit(f"error: {path}: cannot tell the action repeat its runs used")
+    return given[-1]
+
+
 def score(record: dict) -> float:
-    return record.get("last_20_percent_mean", statistics.mean(last_fifth(record["curve"])))
-
-
-def last_fifth(curve: list[dict]) -> list[float]:
-    """The evaluations over the last 20% of a run's env steps (for records written before the field existed)."""
-    end = curve[-1]["step"]
-    return [p["return"] for p in curve if p["step"] > 0.8 * end]
+    """The mean evaluation over the last 20% of env steps; records written before the field existed end
+    their curve at the run's budget."""
+    if "last_20_percent_mean" in record:
+        return record["last_20_percent_mean"]
+    return last_fifth_mean(record["curve"], record["curve"][-1]["step"])
 
 
 def mean_of(records: list[dict], key: str) -> float | None:

@@ -1,6 +1,12 @@
-"""The benchmark scripts' summaries: what a closing note quotes must not hide failed seeds."""
+"""The benchmark scripts' summaries: what a closing note quotes must not hide failed seeds or compare unlike runs."""
 
-from learning import median_to_threshold  # benchmarks/learning.py (benchmarks/ is on pytest's path)
+import json
+import statistics
+
+import pytest
+import suite  # benchmarks/suite.py (benchmarks/ is on pytest's path)
+from learning import median_to_threshold  # benchmarks/learning.py
+from peers import last_fifth_mean  # benchmarks/peers.py: the window both the agent's and the peers' scores use
 
 
 def test_a_seed_that_never_reached_the_threshold_counts_as_never():
@@ -9,3 +15,38 @@ def test_a_seed_that_never_reached_the_threshold_counts_as_never():
     assert median_to_threshold([None, 6000, None]) is None  # one seed of three: no median, not 6000
     assert median_to_threshold([1000, 5000, None, None]) is None  # the median lies between 5000 and never
     assert median_to_threshold([1000, 5000, 7000, None]) == 6000
+
+
+def test_the_score_is_the_mean_over_the_last_fifth_of_the_budget_whatever_the_evaluation_spacing():
+    every_3k = [{"step": step, "return": float(step)} for step in range(3000, 100_001, 3000)]
+    assert last_fifth_mean(every_3k, 100_000) == statistics.mean(range(81_000, 100_000, 3000))  # 7 points from 81k
+    every_5k = [{"step": step, "return": float(step)} for step in range(5000, 100_001, 5000)]
+    assert last_fifth_mean(every_5k, 100_000) == statistics.mean([85_000, 90_000, 95_000, 100_000])
+
+
+def write(folder, name, payload):
+    (folder / name).write_text(json.dumps(payload))
+
+
+def agent_file(seed, steps=100_000, eval_every=5000, repeat=2):
+    record = {"seed": seed, "config": {"action_repeat": repeat}, "curve": []}
+    return {"args": {"env": "dm_control/walker-walk-v0", "steps": steps, "eval_every": eval_every, "set": []},
+            "seeds": [record]}  # fmt: skip
+
+
+def peer_file(seed, repeat=2):
+    return {"algo": "sac", "env": "dm_control/walker-walk-v0", "steps": 100_000, "eval_every": 5000,
+            "action_repeat": repeat, "seed": seed, "curve": []}  # fmt: skip
+
+
+def test_the_suite_refuses_to_compare_runs_of_different_protocols_or_a_seed_twice(tmp_path):
+    write(tmp_path, "a0.json", agent_file(0))
+    write(tmp_path, "p0.json", peer_file(0))
+    assert set(suite.load(tmp_path, "dm_control")["dm_control/walker-walk-v0"]) == {"agent", "SAC"}
+    write(tmp_path, "p1.json", peer_file(1, repeat=1))  # SAC without --action-repeat 2
+    with pytest.raises(SystemExit, match="different protocols"):
+        suite.load(tmp_path, "dm_control")
+    (tmp_path / "p1.json").unlink()
+    write(tmp_path, "a0-again.json", agent_file(0))
+    with pytest.raises(SystemExit, match="agent has a seed twice"):
+        suite.load(tmp_path, "dm_control")
