@@ -123,7 +123,7 @@ class Replay:
         """Delete the chunks older than both the ring's steps and those a resume from the last checkpoint loads."""
         if self.folder is None:
             return
-        needed_from = min(self.total, self.checkpoint_total if self.checkpoint_total is not None else self.total)
+        needed_from = self.total if self.checkpoint_total is None else self.checkpoint_total  # never above total
         for _, end, path in chunk_files(self.folder):
             if end <= needed_from - self.length:
                 path.unlink()

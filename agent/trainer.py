@@ -36,7 +36,7 @@ import torch
 import envs
 from agent import checkpoint
 from agent.agent import Agent
-from agent.config import RESUMABLE, ConfigError, from_dict, set_value, validate
+from agent.config import RESUMABLE, Config, ConfigError, from_dict, set_value, validate
 from agent.evaluate import confirmation_seed, evaluate, evaluation_envs, evaluation_seed
 from agent.noise import ActionNoise
 from agent.replay import Replay
@@ -70,6 +70,13 @@ def load_optimizer_state(prefix: str, optimizer: torch.optim.Optimizer, tensors:
             index, _, name = key[len(prefix) + 1 :].partition(".")
             state[int(index)][name] = value
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
+
+
+def updates_due(config: Config, env_steps: int) -> float:
+    """The updates a run has made after `env_steps` (it updates while its count is below this): the train
+    ratio counts replayed steps per stored (agent) step."""
+    t = config.train
+    return env_steps // config.action_repeat * t.train_ratio / (t.batch * t.seq_len)
 
 
 def next_due(now: int, every: int) -> int | None:
@@ -401,7 +408,6 @@ class Trainer:
             t.steps = target
             if self.run is not None:
                 self.run.write_config(cfg.to_json())
-        replayed = t.batch * t.seq_len
         if t.tensorboard and self.run is not None and self.tensorboard is None:
             self.tensorboard = tensorboard_writer(self.run.path / "tb", counters["env_steps"])
         next_log, next_eval, next_checkpoint = (
@@ -414,8 +420,7 @@ class Trainer:
                     self.collect()
                     now = counters["env_steps"]
                     if now >= t.prefill and self.replay.count >= t.seq_len:
-                        # train_ratio: replayed steps per stored (agent) step
-                        due = now // cfg.action_repeat * t.train_ratio / replayed
+                        due = updates_due(cfg, now)
                         while counters["updates"] < due and not self.stop_requested:
                             started = time.perf_counter()
                             metrics = self.update()  # one host sync inside: the time is the update's own

@@ -36,7 +36,7 @@ from agent import Agent
 from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
 from agent.config import parse_overrides
-from agent.trainer import Trainer, set_threads
+from agent.trainer import Trainer, set_threads, updates_due
 from agent.world_model import Latent
 
 
@@ -127,8 +127,7 @@ def end_to_end_sps(config, steps: int) -> float:
     """Env steps/s of `trainer.learn` at the train ratio, past the prefill: the updates that the prefill's
     steps are owed (a run makes them once, at its first training step) are counted as made, not timed."""
     trainer = ready_trainer(config, config.train.prefill)  # replay filled without training; then time both
-    t = config.train
-    trainer.counters["updates"] = math.ceil(t.prefill // config.action_repeat * t.train_ratio / (t.batch * t.seq_len))
+    trainer.counters["updates"] = math.ceil(updates_due(config, trainer.counters["env_steps"]))
     start = time.perf_counter()
     trainer.learn(steps)
     return steps / (time.perf_counter() - start)

@@ -274,8 +274,8 @@ def make(
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders frames without a screen
     if render_mode is not None:  # passed only when asked for: custom envs often take no render_mode
         options["render_mode"] = render_mode
-    # gymnasium's warnings while an env is made and probed (deprecated versions, its passive checker) would
-    # break the one-line errors and clutter every command; the env's own warnings while it runs still show
+    # gymnasium's warnings while an env is made, wrapped and probed (deprecated versions, its passive checker)
+    # would break the one-line errors and clutter every command; the env's own warnings while it runs still show
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name.startswith("MinAtar/"):
@@ -286,26 +286,24 @@ def make(
             raise EnvError(f"{env_id}: a dependency is missing: {first_line(error)}") from None
         except Exception as error:  # a third-party env may fail in any way while it is made
             raise EnvError(f"{env_id}: cannot be made: {type(error).__name__}: {first_line(error)}") from None
-    if obs != "pixels" and isinstance(env.observation_space, gym.spaces.Dict):
-        env = FlattenDict(env, env_id)
-    own_obs = PixelObservation.space(size) if obs == "pixels" else env.observation_space
-    check_spaces(env_id, own_obs, env.action_space)
-    if isinstance(env.action_space, gym.spaces.Box):
-        shape, dtype = env.action_space.shape, env.action_space.dtype  # float32 bounds on a float64 Box warn
-        low, high = np.full(shape, -1.0, dtype), np.full(shape, 1.0, dtype)
-        env = gym.wrappers.RescaleAction(env, low, high)
-    if action_repeat > 1:
-        env = ActionRepeat(env, action_repeat)
-    if obs == "pixels":  # outside the action repeat: one frame rendered per agent step
-        env = PixelObservation(env, size)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        if obs != "pixels" and isinstance(env.observation_space, gym.spaces.Dict):
+            env = FlattenDict(env, env_id)
+        own_obs = PixelObservation.space(size) if obs == "pixels" else env.observation_space
+        check_spaces(env_id, own_obs, env.action_space)
+        if isinstance(env.action_space, gym.spaces.Box):
+            shape, dtype = env.action_space.shape, env.action_space.dtype  # float32 bounds on a float64 Box warn
+            low, high = np.full(shape, -1.0, dtype), np.full(shape, 1.0, dtype)
+            env = gym.wrappers.RescaleAction(env, low, high)
+        if action_repeat > 1:
+            env = ActionRepeat(env, action_repeat)
+        if obs == "pixels":  # outside the action repeat: one frame rendered per agent step
+            env = PixelObservation(env, size)
             env.reset(seed=0)  # renders a first frame: fails here, with EnvError, if the env cannot
-    elif is_image(env.observation_space):
-        env = ChannelsFirst(env)
-    else:
-        space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
-        env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32), space)
+        elif is_image(env.observation_space):
+            env = ChannelsFirst(env)
+        else:
+            space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+            env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32), space)
     return env
 
 
