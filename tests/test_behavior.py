@@ -3,7 +3,9 @@ normalisation, the slow critic and the critic's loss on replayed sequences."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from agent import Agent
 from agent.behavior import ActorCritic, ReturnNorm, replay_lambda_return, trajectory_weights
 from agent.config import ConfigError, make_config
 
@@ -133,6 +135,35 @@ def test_policies_sample_in_float32_under_bfloat16_autocast(discrete):
         policy = ac.policy(torch.randn(8, 3))
         sample = policy.sample(torch.Generator().manual_seed(0))
     assert sample.dtype == torch.float32
+
+
+class MatmulDtypes(TorchDispatchMode):
+    """Records the input dtype of every matrix product dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+            self.dtypes.append(args[-1].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("env_id", "precision"), [("CartPole-v1", "bfloat16"), ("Pendulum-v1", "bfloat16"),
+                                                   ("CartPole-v1", "float32")])  # fmt: skip
+def test_imagination_multiplies_in_the_models_precision_and_keeps_float32_states(env_id, precision):
+    agent = Agent.create(env_id, preset="tiny", model={"precision": precision})
+    world_model, ac = agent.world_model, agent.actor_critic
+    start, _ = world_model.initial(6)
+    start.deter.normal_()
+    record = MatmulDtypes()
+    with record:
+        feats, actions = ac.imagine(world_model, start, torch.Generator().manual_seed(0))
+    expected = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert record.dtypes and set(record.dtypes) == {expected}
+    assert feats.dtype == actions.dtype == torch.float32  # the recurrent state is carried in float32
+    assert feats.shape == (ac.cfg.horizon + 1, 6, world_model.cfg.deter + world_model.quantizer.code_size)
 
 
 def test_the_gradient_through_the_dynamics_is_refused_for_discrete_actions():
