@@ -23,6 +23,7 @@ import json
 import math
 import resource
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -162,6 +163,21 @@ def summary_table(args: argparse.Namespace, results: list[dict]) -> Table:
     return table
 
 
+def code_commit() -> str | None:
+    """The commit of the code that ran (with "+changes" when tracked files differ from it), or None outside
+    a git checkout: a figure names the code that produced it."""
+    here = Path(__file__).resolve().parent
+
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
@@ -195,8 +211,8 @@ def main() -> None:
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
     console.print(summary)
-    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "summary": summary,
-               "seeds": results}  # fmt: skip
+    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "commit": code_commit(), "summary": summary, "seeds": results}  # fmt: skip
     if args.ppo:
         ppo = [run_ppo(args, seed, console) for seed in args.seeds]
         side = {

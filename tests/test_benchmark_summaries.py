@@ -2,10 +2,12 @@
 
 import json
 import statistics
+import subprocess
+from pathlib import Path
 
 import pytest
 import suite  # benchmarks/suite.py (benchmarks/ is on pytest's path)
-from learning import median_to_threshold  # benchmarks/learning.py
+from learning import code_commit, median_to_threshold  # benchmarks/learning.py
 from peers import last_fifth_mean  # benchmarks/peers.py: the window both the agent's and the peers' scores use
 
 
@@ -22,6 +24,18 @@ def test_the_score_is_the_mean_over_the_last_fifth_of_the_budget_whatever_the_ev
     assert last_fifth_mean(every_3k, 100_000) == statistics.mean(range(81_000, 100_000, 3000))  # 7 points from 81k
     every_5k = [{"step": step, "return": float(step)} for step in range(5000, 100_001, 5000)]
     assert last_fifth_mean(every_5k, 100_000) == statistics.mean([85_000, 90_000, 95_000, 100_000])
+
+
+def test_a_learning_figure_names_the_commit_that_produced_it():
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    commit = code_commit()
+    assert commit is not None and commit.split("+")[0] == head.stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    assert commit.endswith("+changes") == bool(dirty)
 
 
 def write(folder, name, payload):
