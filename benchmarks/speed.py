@@ -2,7 +2,8 @@
 
 Per preset: milliseconds per world-model update and per actor-critic update (imagination + losses +
 backward), median over repeats after warm-up; FLOPs per update (torch's FLOP counter) and the
-achieved fraction of this machine's float32 matmul throughput (measured here too); imagined latent
+GFLOP/s they were done at, beside this machine's matmul throughput in float32 and in bfloat16 (measured
+here too: the batched parts multiply in bf16 where model.precision resolves to it); imagined latent
 steps per second; acting latency per env step (batch 1 and batched over 8 environments); end-to-end
 env steps per second at the preset's train ratio; parameter counts; replay bytes per stored step;
 peak resident memory. Also: collection throughput (policy acting, no training) for 1, 2, 4 and 8
@@ -36,6 +37,7 @@ from agent import Agent
 from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
 from agent.config import parse_overrides
+from agent.nets import use_bf16
 from agent.trainer import Trainer, set_threads, updates_due
 from agent.world_model import Latent
 
@@ -58,9 +60,9 @@ def median_ms(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def matmul_gflops(device: torch.device, size: int = 2048) -> float:
-    """Float32 matmul throughput of this machine (GFLOP/s), large square products."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048) -> float:
+    """Matmul throughput of this machine in a dtype (GFLOP/s), large square products."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     ms = median_ms(lambda: a @ b, device, repeats=10)
     return 2 * size**3 / (ms / 1000) / 1e9
 
@@ -165,7 +167,7 @@ def make_preset_config(name: str, args: argparse.Namespace):
     )
 
 
-def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dict:
+def bench_preset(name: str, args: argparse.Namespace) -> dict:
     config = make_preset_config(name, args)
     config.train.eval_every = 0
     device = torch.device(args.device)
@@ -191,7 +193,8 @@ def bench_preset(name: str, args: argparse.Namespace, peak_gflops: float) -> dic
         "actor_critic_ms": ac_ms,
         "update_ms": wm_ms + ac_ms,
         "update_gflop": update_flops / 1e9,
-        "achieved_fraction_of_matmul_peak": update_flops / ((wm_ms + ac_ms) / 1000) / 1e9 / peak_gflops,
+        "bf16": agent.world_model.bf16,
+        "achieved_gflops": update_flops / ((wm_ms + ac_ms) / 1000) / 1e9,
         "imagined_steps_per_s": imagined / (imagine_ms / 1000),
         "acting_ms_batch1": acting_ms(agent, 1, device),
         "acting_ms_batch8": acting_ms(agent, 8, device),
@@ -242,24 +245,29 @@ def main() -> None:
     console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
     device = torch.device(args.device)
     set_threads(args.threads)
-    peak = matmul_gflops(device)
+    native_bf16 = use_bf16("auto", device)  # bf16 without hardware support is emulated, slowly: not measured
+    peak = {"float32": matmul_gflops(device), "bfloat16": None}
+    if native_bf16:
+        peak["bfloat16"] = matmul_gflops(device, torch.bfloat16)
     threads = torch.get_num_threads()
+    bf16_peak = f"{peak['bfloat16']:.0f} GFLOP/s" if native_bf16 else "not native here"
     console.print(
-        f"float32 matmul throughput on {args.device}: {peak:.0f} GFLOP/s (2048x2048), torch threads {threads}"
+        f"matmul throughput on {args.device} (2048x2048): float32 {peak['float32']:.0f} GFLOP/s, bfloat16 "
+        f"{bf16_peak}; torch threads {threads}"
     )
     results = []
     for name in args.presets:
-        results.append(bench_preset(name, args, peak))
+        results.append(bench_preset(name, args))
         console.log(f"{name}: done")
     table = Table(title=f"{args.env} · {args.quantizer} · {args.device}")
-    for column in ("preset", "params", "batch", "imagination", "WM ms", "AC ms", "GFLOP", "of peak", "imag. steps/s",
+    for column in ("preset", "params", "batch", "imagination", "WM ms", "AC ms", "GFLOP", "GFLOP/s", "imag. steps/s",
                    "act ms (1 / 8)", "env steps/s", "replay B/step"):  # fmt: skip
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             r["preset"], f"{sum(r['parameters'].values()) / 1e6:.2f}M", r["batch"], r["imagination"],
             f"{r['world_model_ms']:.0f}", f"{r['actor_critic_ms']:.0f}", f"{r['update_gflop']:.1f}",
-            f"{r['achieved_fraction_of_matmul_peak']:.0%}", f"{r['imagined_steps_per_s']:,.0f}",
+            f"{r['achieved_gflops']:.0f}{' (bf16)' if r['bf16'] else ''}", f"{r['imagined_steps_per_s']:,.0f}",
             f"{r['acting_ms_batch1']:.2f} / {r['acting_ms_batch8']:.2f}",
             f"{r['end_to_end_env_steps_per_s']:.1f}" if r["end_to_end_env_steps_per_s"] else "—",
             str(r["replay_bytes_per_step"]),
