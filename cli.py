@@ -435,23 +435,27 @@ def evaluate(
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the first episode (training never uses these).")] = 12345,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    sample: Annotated[
+        bool, typer.Option(help="Sample actions from the policy (DreamerV3's evaluation), not its most likely ones.")
+    ] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Run the saved policy without exploration and report its returns."""
+    """Run the saved policy without exploration (or sampling from it: --sample) and report its returns."""
     with user_errors(ctx):
         from agent.evaluate import evaluate as evaluate_policy
 
         check_positive(episodes=episodes)
         agent = load_agent(run_dir, checkpoint, device, threads)
-        result = evaluate_policy(agent, episodes, seed)
+        result = evaluate_policy(agent, episodes, seed, sample=sample)
     result["checkpoint"] = str(agent.loaded_from)
     if json_:
         print(json.dumps(result))
         return
     print_checkpoint(agent)
-    table = Table(title=f"{escape(result['env_id'])}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}")
+    how = "sampled actions" if sample else "most likely actions"
+    table = Table(title=f"{escape(result['env_id'])}: {episodes} episodes, seeds {seed}..{seed + episodes - 1}, {how}")
     for column in ("mean return", "std", "min", "max", "mean length"):
         table.add_column(column, justify="right")
     table.add_row(

@@ -88,14 +88,16 @@ class Agent:
         is_first: np.ndarray,
         deterministic: bool,
         noise: np.ndarray | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, PolicyState]:
         """Batched acting: obs (N, ...), is_first (N,) -> action vectors (N, A) and the next state.
         noise (N, A): the standard-normal noise of sampled actions (continuous: added to the mean; discrete:
-        Gumbel-max), if not drawn here."""
+        Gumbel-max), if not drawn here; generator: what draws the samples (the agent's own by default)."""
+        generator = self.generator if generator is None else generator
         obs_t = torch.as_tensor(obs, device=self.device)
         first = torch.as_tensor(is_first, dtype=torch.bool, device=self.device)
         latent = self.world_model.observe_step(
-            state.latent, state.action, obs_t, first, deterministic=deterministic, generator=self.generator
+            state.latent, state.action, obs_t, first, deterministic=deterministic, generator=generator
         )
         policy = self.actor_critic.policy(latent.features())
         if deterministic:
@@ -103,7 +105,7 @@ class Agent:
         elif noise is not None:  # on the CPU: the policy moves it (the Gumbel transform runs on the CPU)
             action = policy.sample(noise=torch.as_tensor(noise))
         else:
-            action = policy.sample(self.generator)
+            action = policy.sample(generator)
         return action.cpu().numpy(), PolicyState(latent, action)
 
     def act(

@@ -1,4 +1,5 @@
-"""Evaluation: deterministic episodes of a policy, played as one batch of environments."""
+"""Evaluation: episodes of a policy (deterministic, or sampled as DreamerV3 does), played as one batch of
+environments."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import envs
 
@@ -29,15 +31,18 @@ def evaluation_envs(agent: Agent, episodes: int) -> gym.vector.VectorEnv:
 
 
 def evaluate(
-    agent: Agent, episodes: int = 10, seed: int = 0, env: gym.vector.VectorEnv | None = None
+    agent: Agent, episodes: int = 10, seed: int = 0, env: gym.vector.VectorEnv | None = None, sample: bool = False
 ) -> dict[str, Any]:
     """Returns and lengths of `episodes` deterministic episodes (no exploration) with seeds seed, seed + 1, ...,
     and for discrete actions the share of the steps that took each action (a policy that always takes one
     action shows at once).
 
+    sample: actions (and the model's codes) drawn from the policy instead of its most likely ones, as
+    DreamerV3 evaluates; the draws are seeded by `seed` too, and leave the agent's own generator alone.
     env: a vector env of exactly `episodes` sub-environments from `evaluation_envs` (reused between
     calls, so that repeated evaluations do not build new environments); made and closed here if None.
     """
+    generator = torch.Generator(agent.device).manual_seed(seed) if sample else None
     own = env is None
     env = evaluation_envs(agent, episodes) if own else env
     if env.num_envs != episodes:
@@ -50,7 +55,7 @@ def evaluate(
         running, terminated = np.ones(episodes, bool), np.zeros(episodes, bool)
         action_counts = np.zeros(agent.action_dim)
         while running.any():
-            action, state = agent.policy_step(obs, state, is_first, deterministic=True)
+            action, state = agent.policy_step(obs, state, is_first, deterministic=not sample, generator=generator)
             action_counts += action[running].sum(0)  # one-hot rows when discrete
             obs, reward, term, trunc, _ = env.step(envs.to_env_action(action, agent.discrete))
             returns += reward * running
@@ -65,6 +70,7 @@ def evaluate(
         "env_id": agent.config.env_id,
         "episodes": episodes,
         "seed": seed,
+        "sampled": sample,
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
         "min_return": float(returns.min()),

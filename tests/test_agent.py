@@ -82,6 +82,18 @@ def test_load_picks_best_or_last_and_reports_missing_checkpoints(trained, tmp_pa
         Agent.load(tmp_path / "nothing")
 
 
+def test_sampled_evaluation_draws_actions_from_the_policy_reproducibly_and_leaves_the_agents_generator():
+    agent = Agent.create("CartPole-v1", preset="tiny")  # untrained: its actor's output layer is zero, uniform
+    generator_state = agent.generator.get_state()
+    greedy = evaluate(agent, episodes=4, seed=3)
+    sampled = [evaluate(agent, episodes=4, seed=3, sample=True) for _ in range(2)]
+    assert max(greedy["action_share"]) == 1.0  # the most likely of two equal actions: always the same one
+    assert min(sampled[0]["action_share"]) > 0.3  # both actions, about half the steps each
+    assert sampled[0]["returns"] == sampled[1]["returns"] and sampled[0]["sampled"] and not greedy["sampled"]
+    assert evaluate(agent, episodes=4, seed=4, sample=True)["returns"] != sampled[0]["returns"]
+    assert torch.equal(agent.generator.get_state(), generator_state)
+
+
 def test_evaluate_reports_returns_and_lengths_and_reuses_its_environments(trained):
     agent = trained[0].agent
     result = evaluate(agent, episodes=3, seed=5)

@@ -82,6 +82,10 @@ def test_train_writes_a_run_that_eval_reads(run_dir):
     data = json.loads(result.output)
     assert data["env_id"] == "CartPole-v1" and data["episodes"] == 2 and len(data["returns"]) == 2
     assert {"mean_return", "std_return", "lengths"} <= set(data) and data["checkpoint"].endswith("last.safetensors")
+    assert not data["sampled"]
+    result = runner.invoke(app, ["eval", str(run), "--episodes", "2", "--sample"])
+    assert result.exit_code == 0, result.output
+    assert "sampled actions" in result.output
 
 
 def test_without_a_terminal_train_prints_plain_progress_lines(run_dir):
