@@ -33,12 +33,12 @@ def evaluation_envs(agent: Agent, episodes: int) -> gym.vector.VectorEnv:
 def evaluate(
     agent: Agent, episodes: int = 10, seed: int = 0, env: gym.vector.VectorEnv | None = None, sample: bool = False
 ) -> dict[str, Any]:
-    """Returns and lengths of `episodes` deterministic episodes (no exploration) with seeds seed, seed + 1, ...,
-    and for discrete actions the share of the steps that took each action (a policy that always takes one
-    action shows at once).
+    """Returns and lengths of `episodes` episodes with seeds seed, seed + 1, ..., played with the policy's most
+    likely actions (no exploration), and for discrete actions the share of the steps that took each action
+    (a policy that always takes one action shows at once).
 
-    sample: actions (and the model's codes) drawn from the policy instead of its most likely ones, as
-    DreamerV3 evaluates; the draws are seeded by `seed` too, and leave the agent's own generator alone.
+    sample: actions (and the model's codes) drawn from the policy instead, as DreamerV3 evaluates; the
+    draws are seeded by `seed` too, and leave the agent's own generator alone.
     env: a vector env of exactly `episodes` sub-environments from `evaluation_envs` (reused between
     calls, so that repeated evaluations do not build new environments); made and closed here if None.
     """
