@@ -138,8 +138,10 @@ class ActorCritic(nn.Module):
         """Roll the policy out in the model: start (N, ...) -> features (H + 1, N, F), actions (H, N, A).
         Only a dynamics-backprop actor needs the rollout's graph. Its products are batched over the N starts,
         so they run in bfloat16 where that is on (the state itself stays float32: see nets.batched_precision)."""
-        grad = torch.set_grad_enabled(self.backprop and torch.is_grad_enabled())
-        with grad, batched_precision(start.deter.device, self.bf16):
+        with (
+            torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()),
+            batched_precision(start.deter.device, self.bf16),
+        ):
             latent = start
             feats, actions = [latent.features()], []
             for _ in range(self.cfg.horizon):

@@ -245,15 +245,16 @@ def main() -> None:
     console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
     device = torch.device(args.device)
     set_threads(args.threads)
-    native_bf16 = use_bf16("auto", device)  # bf16 without hardware support is emulated, slowly: not measured
-    peak = {"float32": matmul_gflops(device), "bfloat16": None}
-    if native_bf16:
-        peak["bfloat16"] = matmul_gflops(device, torch.bfloat16)
+    # bf16 without hardware support is emulated, slowly: not measured (None)
+    peak = {
+        "float32": matmul_gflops(device),
+        "bfloat16": matmul_gflops(device, torch.bfloat16) if use_bf16("auto", device) else None,
+    }
     threads = torch.get_num_threads()
-    bf16_peak = f"{peak['bfloat16']:.0f} GFLOP/s" if native_bf16 else "not native here"
     console.print(
-        f"matmul throughput on {args.device} (2048x2048): float32 {peak['float32']:.0f} GFLOP/s, bfloat16 "
-        f"{bf16_peak}; torch threads {threads}"
+        f"matmul throughput on {args.device} (2048x2048), GFLOP/s: "
+        + ", ".join(f"{dtype} {'not native here' if v is None else f'{v:.0f}'}" for dtype, v in peak.items())
+        + f"; torch threads {threads}"
     )
     results = []
     for name in args.presets:
