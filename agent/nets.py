@@ -266,6 +266,13 @@ class VectorDecoder(nn.Module):
         return SymlogMSE(self.mlp(feat))
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """Images stored channels-last (NHWC), the layout oneDNN's (and cuDNN's bf16) convolutions run in natively:
+    with weights and inputs in it, no layout conversion runs around each convolution (the update's
+    convolutions, forward and backward, measured 1.1-1.3x faster on the CPU). Values are unchanged."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def conv_stages(size: int) -> int:
     """Stride-2 stages that bring an image side down to at most 6 pixels."""
     stages = 0
@@ -296,11 +303,12 @@ class ConvEncoder(nn.Module):
         with torch.no_grad():
             self.out_shape = tuple(self.convs(torch.zeros(1, *obs_shape)).shape[1:])
         self.out_dim = int(torch.tensor(self.out_shape).prod())
+        self.to(memory_format=torch.channels_last)  # see channels_last
 
     def forward(self, obs: Tensor) -> Tensor:
         lead = obs.shape[:-3]
         x = obs.reshape(-1, *obs.shape[-3:]).float() / 255.0 - 0.5
-        return self.convs(x).reshape(*lead, self.out_dim)
+        return self.convs(channels_last(x)).reshape(*lead, self.out_dim)
 
 
 class ImageMSE:
@@ -337,11 +345,12 @@ class ConvDecoder(nn.Module):
             if not last:
                 layers += [nn.GroupNorm(1, out), nn.SiLU()]
         self.deconvs = nn.Sequential(*layers)
+        self.deconvs.to(memory_format=torch.channels_last)  # see channels_last
 
     def forward(self, feat: Tensor) -> ImageMSE:
         lead = feat.shape[:-1]
         x = self.linear(feat).reshape(-1, *self.start_shape)
-        image = self.deconvs(x)
+        image = self.deconvs(channels_last(x))
         if image.shape[-2:] != self.obs_shape[1:]:  # odd sides do not halve exactly (7 -> 3 -> 6)
             image = F.interpolate(image, size=self.obs_shape[1:], mode="nearest")
         return ImageMSE(image.reshape(*lead, *self.obs_shape))

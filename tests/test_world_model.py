@@ -1,5 +1,6 @@
 """World model, actor-critic and their building blocks."""
 
+import copy
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import envs
 from agent import quantize
 from agent.behavior import ActorCritic, lambda_return
 from agent.config import make_config
-from agent.nets import TwoHot, symexp, symlog, symlog_bins, twohot_weights
+from agent.nets import TwoHot, make_codec, symexp, symlog, symlog_bins, twohot_weights
 from agent.world_model import Latent, WorldModel
 
 
@@ -79,6 +80,32 @@ def test_twohot_round_trips_and_splits_weight_between_the_two_nearest_bins():
     logits, target = torch.randn(5, 41, generator=gen(0)), torch.tensor([-300.0, -2.0, 0.0, 0.7, 1e4])
     dense = (twohot(symlog(target), bins) * logits.log_softmax(-1)).sum(-1)
     assert torch.allclose(TwoHot(logits, bins).log_prob(target), dense, atol=1e-6)
+
+
+@pytest.mark.parametrize("obs_shape", [(4, 10, 10), (3, 16, 16)])
+def test_image_codec_runs_channels_last_with_the_values_and_gradients_of_the_default_layout(obs_shape):
+    torch.manual_seed(0)
+    encoder, decoder = make_codec(obs_shape, 24, 16, 1, 8)
+    layers = [*encoder.modules(), *decoder.modules()]
+    convs = [m for m in layers if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert len(convs) >= 3 and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not all(m.weight.is_contiguous() for m in convs)
+    plain = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in (encoder, decoder)]
+    obs = torch.randint(0, 256, (2, 3, *obs_shape), dtype=torch.uint8)
+    feat = torch.randn(2, 3, 24)
+    results = []
+    for enc, dec in ((encoder, decoder), plain):
+        embed, image = enc(obs), dec(feat)
+        loss = embed.square().sum() - image.log_prob(obs).sum()
+        results.append([embed, image.pred, *torch.autograd.grad(loss, [*enc.parameters(), *dec.parameters()])])
+    assert results[0][0].shape == (2, 3, encoder.out_dim) and results[0][1].shape == (2, 3, *obs_shape)
+    for ours, reference in zip(*results, strict=True):
+        assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-5)
+    # weights saved in the default layout (checkpoints store contiguous tensors) load into channels-last ones
+    fresh, _ = make_codec(obs_shape, 24, 16, 1, 8)
+    fresh.load_state_dict(plain[0].state_dict())
+    assert fresh.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fresh(obs), plain[0](obs))
 
 
 # --- lambda-returns -----------------------------------------------------------------------------------
