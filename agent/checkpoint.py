@@ -27,8 +27,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(temp_path), then rename the temporary file over `path`: an interrupted write leaves
-    the previous version intact."""
+    """Call write(temp_path), flush it to disk, then rename the temporary file over `path`: an interrupted
+    write leaves the previous version intact, and so does a power loss right after the rename (without
+    the flush, a file system may commit the rename before the data and leave an empty file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name keeps the real suffix: some writers choose the format by it (imageio's ffmpeg);
@@ -37,6 +38,11 @@ def atomic_write(path: Path, write) -> None:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDWR)  # Windows fsyncs only descriptors open for writing
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import string
 
 import bad_inputs
@@ -61,6 +62,27 @@ def test_a_full_disk_is_one_line_and_leaves_earlier_files_intact(tmp_path, monke
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and "No space left on device" in last and "Traceback" not in result.output
     assert json.loads((target / "config.json").read_text())["env_id"] == "CartPole-v1"
+
+
+def test_files_reach_the_disk_before_they_replace_the_old_version(tmp_path, monkeypatch):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+    events = []  # (what, the file's inode)
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    agent.checkpoint.atomic_write_text(target, "new")
+    assert [what for what, _ in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
 def test_a_full_disk_inside_safetensors_is_one_line_too(tmp_path, monkeypatch):
