@@ -106,7 +106,10 @@ def main() -> None:
     for r in rows:
         table.add_row(r["setting"], f"{r['before_ms']:.1f}", f"{r['after_ms']:.1f}", f"{r['speedup']:.2f}x")
     Console().print(table)
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}
+    from learning import code_commit  # benchmarks/
+
+    commits = {"before": code_commit(before), "after": code_commit(after)}
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commits": commits, "results": rows}
     atomic_write_text(args.out, json.dumps(payload, indent=1))
     print(f"wrote {args.out}")
 

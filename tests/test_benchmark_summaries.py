@@ -38,6 +38,24 @@ def test_a_learning_figure_names_the_commit_that_produced_it():
     assert commit.endswith("+changes") == bool(dirty)
 
 
+def test_the_commit_of_another_checkout_is_that_checkouts_and_none_outside_git(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    if subprocess.run([*git, "init", "-q", str(other)], capture_output=True).returncode != 0:
+        pytest.skip("git is not available")
+    (other / "file.txt").write_text("one")
+    subprocess.run([*git, "add", "file.txt"], cwd=other, check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], cwd=other, check=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=other, capture_output=True, text=True)
+    assert code_commit(other) == head.stdout.strip()
+    (other / "file.txt").write_text("two")
+    assert code_commit(other) == head.stdout.strip() + "+changes"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert code_commit(plain) is None
+
+
 def write(folder, name, payload):
     (folder / name).write_text(json.dumps(payload))
 
