@@ -268,8 +268,8 @@ class VectorDecoder(nn.Module):
 
 def channels_last(x: Tensor) -> Tensor:
     """Images stored channels-last (NHWC), the layout oneDNN's (and cuDNN's bf16) convolutions run in natively:
-    with weights and inputs in it, no layout conversion runs around each convolution (the update's
-    convolutions, forward and backward, measured 1.1-1.3x faster on the CPU). Values are unchanged."""
+    with weights and inputs in it, no layout conversion runs around each convolution. Values are unchanged;
+    the pixel CartPole update measured 1.04x faster on the CPU, MinAtar's (10x10 frames) the same."""
     return x.contiguous(memory_format=torch.channels_last)
 
 
