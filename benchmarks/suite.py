@@ -16,6 +16,8 @@ with a 95% bootstrap band; the published 100k scores as horizontal lines).
 
     python benchmarks/suite.py dm_control     # -> benchmarks/results/suite-dm_control.{md,json,png}
     python benchmarks/suite.py MinAtar
+    python benchmarks/suite.py dm_control --runs <folder of one commit's runs> --peers benchmarks/results/suite \
+        --out benchmarks/results/<name>   # this agent's runs of another commit beside the same peers
 """
 
 from __future__ import annotations
@@ -40,14 +42,20 @@ def published_key(env_id: str) -> str:
     return "dmc_" + env_id.split("/")[-1].rsplit("-v", 1)[0].replace("-", "_")
 
 
-def load(folder: Path, prefix: str) -> dict[str, dict[str, list[dict]]]:
-    """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm. SystemExit if the
-    records of one env were not run on one protocol (budget, evaluation spacing, action repeat) or hold
-    a seed twice: the table would compare unlike runs."""
+def load(folder: Path, prefix: str, peers: Path | None = None) -> dict[str, dict[str, list[dict]]]:
+    """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm. Where `peers` is
+    given, the peers' files are read from it and this agent's from `folder` only (the runs of another
+    commit beside peers that were run once). SystemExit if the records of one env were not run on one
+    protocol (budget, evaluation spacing, action repeat) or hold a seed twice: the table would compare
+    unlike runs."""
     out: dict[str, dict[str, list[dict]]] = {}
     protocols: dict[str, dict[tuple, list[str]]] = {}
-    for path in sorted(folder.glob("*.json")):
+    sources = [(folder, ("agent", "peer"))] if peers is None else [(folder, ("agent",)), (peers, ("peer",))]
+    paths = [(path, kinds) for source, kinds in sources for path in sorted(source.glob("*.json"))]
+    for path, kinds in paths:
         data = json.loads(path.read_text())
+        if ("agent" if "seeds" in data else "peer") not in kinds:
+            continue
         if "seeds" in data:  # benchmarks/learning.py: args + summary + a record per seed
             env_id, who, records, args = data["args"]["env"], "agent", data["seeds"], data["args"]
             protocol = (args["steps"], args["eval_every"], action_repeat(data, path))
@@ -174,10 +182,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", help="env id prefix: dm_control, MinAtar")
     parser.add_argument("--runs", type=Path, default=RESULTS / "suite", help="folder of the runs' JSON files")
+    parser.add_argument("--peers", type=Path, default=None, help="the peers' JSON files from this folder instead")
     parser.add_argument("--published", type=Path, default=RESULTS / "published-dmc_proprio-100k.json")
     parser.add_argument("--out", type=Path, default=None, help="path without suffix (default results/suite-<suite>)")
     args = parser.parse_args()
-    runs = load(args.runs, args.suite)
+    runs = load(args.runs, args.suite, args.peers)
     if not runs:
         raise SystemExit(f"error: no runs of {args.suite!r} in {args.runs}")
     published = json.loads(args.published.read_text()) if args.published.is_file() else {}

@@ -82,3 +82,16 @@ def test_the_suite_refuses_to_compare_runs_of_different_protocols_or_a_seed_twic
     write(tmp_path, "a0-again.json", agent_file(0))
     with pytest.raises(SystemExit, match="agent has a seed twice"):
         suite.load(tmp_path, "dm_control")
+
+
+def test_the_suite_takes_this_agents_runs_from_one_folder_and_the_peers_from_another(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    write(old, "a0.json", agent_file(0))
+    write(old, "p0.json", peer_file(0))
+    write(new, "a0.json", agent_file(0))
+    write(new, "a1.json", agent_file(1))
+    runs = suite.load(new, "dm_control", peers=old)["dm_control/walker-walk-v0"]
+    assert [r["seed"] for r in runs["agent"]] == [0, 1] and [r["seed"] for r in runs["SAC"]] == [0]
+    write(new, "p1.json", peer_file(1))  # a peer's file beside the agent's runs is not read
+    assert len(suite.load(new, "dm_control", peers=old)["dm_control/walker-walk-v0"]["SAC"]) == 1
