@@ -162,8 +162,9 @@ class ActorCritic(nn.Module):
         The return statistics are for `return_norm.commit` once the update is known to be finite."""
         cfg = self.cfg
         with batched_precision(feats.device, self.bf16):  # the heads over every imagined state
-            # cast once for all five heads (autocast would cast the same values for each of them)
-            feats = feats.to(torch.bfloat16) if self.bf16 else feats
+            # Cast once for all five heads (autocast would cast the same values for each of them), unless the
+            # actor learns through the features: their gradients from the heads would then be summed in bf16.
+            feats = feats.to(torch.bfloat16) if self.bf16 and not self.backprop else feats
             with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):  # REINFORCE needs no graph
                 reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
                 cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)

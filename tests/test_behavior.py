@@ -166,6 +166,23 @@ def test_imagination_multiplies_in_the_models_precision_and_keeps_float32_states
     assert feats.shape == (ac.cfg.horizon + 1, 6, world_model.cfg.deter + world_model.quantizer.code_size)
 
 
+@pytest.mark.parametrize(("env_id", "heads_get"), [("CartPole-v1", torch.bfloat16), ("Pendulum-v1", torch.float32)])
+def test_the_heads_share_one_bf16_cast_unless_the_actor_learns_through_the_features(env_id, heads_get, monkeypatch):
+    """REINFORCE (discrete actions): the imagined features are cast to bf16 once for the five heads. Through the
+    dynamics (continuous): each head casts for itself under autocast, so the heads' gradients reach the float32
+    features in float32 and are summed there, not in bf16 before they flow back through the rollout."""
+    agent = Agent.create(env_id, preset="tiny", model={"precision": "bfloat16"})
+    world_model, ac = agent.world_model, agent.actor_critic
+    seen = []
+    real_reward_dist = world_model.reward_dist
+    monkeypatch.setattr(world_model, "reward_dist", lambda feat: seen.append(feat.dtype) or real_reward_dist(feat))
+    start, _ = world_model.initial(6)
+    start.deter.normal_()
+    feats, actions = ac.imagine(world_model, start, torch.Generator().manual_seed(0))
+    actor_loss, _, _, _ = ac.loss(world_model, feats, actions, torch.ones(6))
+    assert seen == [heads_get] and torch.isfinite(actor_loss)
+
+
 def test_the_gradient_through_the_dynamics_is_refused_for_discrete_actions():
     config = make_config("tiny", {"actor_critic.actor_grad": "dynamics"})
     with pytest.raises(ConfigError, match="needs continuous actions"):
