@@ -41,7 +41,7 @@ class ModelConfig:
     lr: float = 3e-4  # Adam learning rate
     eps: float = 1e-8  # Adam epsilon
     grad_clip: float = 1000.0  # global gradient-norm clip
-    # bfloat16 products in the batched parts (encoder, decoder, heads, imagined rollouts of discrete actions),
+    # bfloat16 products in the batched parts (encoder, decoder, heads, imagined rollouts of REINFORCE actors),
     # the replayed posterior loop and the recurrent state in float32;
     # auto: where the hardware multiplies bfloat16 natively (CPUs with AMX or AVX512-BF16, most GPUs)
     precision: str = "auto"  # auto | float32 | bfloat16

@@ -22,7 +22,7 @@ from agent.quantize import one_hot, sample_index, unimix_probs
 def batched_precision(device: torch.device, bf16: bool):
     """bfloat16 matrix products and convolutions (torch.autocast) for the batched parts of an update: the
     encoder, the decoder, the heads over every replayed or imagined state, and the imagined rollouts
-    (batched over their start states) where no actor's gradient flows back through them (discrete actions).
+    (batched over their start states) where the actor does not learn through them (REINFORCE: discrete actions).
     Their outputs go to the output distributions, which compute in
     float32. The recurrent state stays float32 (GRUCell adds its bf16 update to the float32 state, so
     rounding does not compound along a rollout); the replayed posterior loop, at batch 16, runs in

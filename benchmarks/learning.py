@@ -166,7 +166,7 @@ def summary_table(args: argparse.Namespace, results: list[dict]) -> Table:
 def code_commit(checkout: Path | None = None) -> str | None:
     """The commit of the code that ran (with "+changes" when tracked files differ from it), or None outside
     a git checkout: a figure names the code that produced it. checkout: another checkout than this one's."""
-    here = Path(checkout or Path(__file__).parent).resolve()
+    here = Path(checkout if checkout is not None else Path(__file__).parent).resolve()
 
     def git(*command: str) -> str:
         return subprocess.run(["git", *command], cwd=here, capture_output=True, text=True, check=True).stdout.strip()

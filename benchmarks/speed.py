@@ -297,10 +297,9 @@ def main() -> None:
         console.print(table)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"peak resident memory: {peak_rss_mib:.0f} MiB")
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commit": code_commit(), "matmul_gflops": peak,
-               "presets": results,
-               "collection": collected, "profile": profiled, "peak_rss_mib": peak_rss_mib,
-               "torch_threads": threads}  # fmt: skip
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commit": code_commit(),
+               "matmul_gflops": peak, "presets": results, "collection": collected, "profile": profiled,
+               "peak_rss_mib": peak_rss_mib, "torch_threads": threads}  # fmt: skip
     atomic_write_text(args.out, json.dumps(payload, indent=1))
     console.print(f"wrote {args.out}")
 

@@ -72,7 +72,8 @@ def load(folder: Path, prefix: str, peers: Path | None = None) -> dict[str, dict
         for who, records in out[env_id].items():
             seeds = [r["seed"] for r in records]
             if len(set(seeds)) < len(seeds):
-                raise SystemExit(f"error: {env_id}: {who} has a seed twice ({sorted(seeds)}) in {folder}")
+                where = folder if who == "agent" or peers is None else peers
+                raise SystemExit(f"error: {env_id}: {who} has a seed twice ({sorted(seeds)}) in {where}")
     return out
 
 

@@ -80,6 +80,7 @@ def main() -> None:
     if args.child:
         child(*args.child, args.repeats, args.warmup)
         return
+    from learning import code_commit  # benchmarks/; imported here, as the rest: the children need none of it
     from rich.console import Console
     from rich.table import Table
 
@@ -106,8 +107,6 @@ def main() -> None:
     for r in rows:
         table.add_row(r["setting"], f"{r['before_ms']:.1f}", f"{r['after_ms']:.1f}", f"{r['speedup']:.2f}x")
     Console().print(table)
-    from learning import code_commit  # benchmarks/
-
     commits = {"before": code_commit(before), "after": code_commit(after)}
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commits": commits, "results": rows}
     atomic_write_text(args.out, json.dumps(payload, indent=1))

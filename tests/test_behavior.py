@@ -155,7 +155,7 @@ class MatmulDtypes(TorchDispatchMode):
                                                                ("Pendulum-v1", "bfloat16", torch.float32)])  # fmt: skip
 def test_imagination_multiplies_in_bf16_only_where_no_actor_gradient_flows_through_it(env_id, precision, expected):
     """Discrete actions (REINFORCE): the rollout's products in the model's precision. Continuous actions learn
-    through the rollout, whose products stay float32 (bf16 ones cost paired DMC runs 110-120 points)."""
+    through the rollout, whose products stay float32 (paired DMC runs scored lower with bf16 ones: README)."""
     agent = Agent.create(env_id, preset="tiny", model={"precision": precision})
     world_model, ac = agent.world_model, agent.actor_critic
     start, _ = world_model.initial(6)

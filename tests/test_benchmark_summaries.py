@@ -1,6 +1,7 @@
 """The benchmark scripts' summaries: what a closing note quotes must not hide failed seeds or compare unlike runs."""
 
 import json
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -41,9 +42,10 @@ def test_a_learning_figure_names_the_commit_that_produced_it():
 def test_the_commit_of_another_checkout_is_that_checkouts_and_none_outside_git(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
-    if subprocess.run([*git, "init", "-q", str(other)], capture_output=True).returncode != 0:
+    if shutil.which("git") is None:
         pytest.skip("git is not available")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q", str(other)], check=True)
     (other / "file.txt").write_text("one")
     subprocess.run([*git, "add", "file.txt"], cwd=other, check=True)
     subprocess.run([*git, "commit", "-qm", "one"], cwd=other, check=True)
