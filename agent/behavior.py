@@ -124,6 +124,10 @@ class ActorCritic(nn.Module):
             )
         mode = cfg.actor_grad if cfg.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
         self.backprop = mode == "dynamics"
+        # The imagined states in bf16 too (rollout products, one shared cast for the heads) only where no actor
+        # gradient flows back through them: paired DMC runs of the dynamics-backprop actor scored lower so
+        # (README: DMC), and its heads' gradients would be summed in bf16.
+        self.imagined_bf16 = bf16 and not self.backprop
 
     def policy(self, feat: Tensor) -> OneHotPolicy | BoundedNormal:
         out = self.actor(feat)
@@ -137,13 +141,11 @@ class ActorCritic(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Roll the policy out in the model: start (N, ...) -> features (H + 1, N, F), actions (H, N, A).
         Only a dynamics-backprop actor needs the rollout's graph. The rollout's products are batched over the N
-        starts, so they run in bfloat16 where that is on (the state itself stays float32: see
-        nets.batched_precision), except for a dynamics-backprop actor, which learns from the gradient through
-        them: one paired DMC run per task scored 358 and 664 with bf16 rollouts (and a shared bf16 cast of the
-        heads' inputs) against 468 and 784 in float32 (README: DMC)."""
+        starts, so they run in bfloat16 where `imagined_bf16` (the state itself stays float32: see
+        nets.batched_precision)."""
         with (
             torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()),
-            batched_precision(start.deter.device, self.bf16 and not self.backprop),
+            batched_precision(start.deter.device, self.imagined_bf16),
         ):
             latent = start
             feats, actions = [latent.features()], []
@@ -165,9 +167,8 @@ class ActorCritic(nn.Module):
         The return statistics are for `return_norm.commit` once the update is known to be finite."""
         cfg = self.cfg
         with batched_precision(feats.device, self.bf16):  # the heads over every imagined state
-            # Cast once for all five heads (autocast would cast the same values for each of them), unless the
-            # actor learns through the features: their gradients from the heads would then be summed in bf16.
-            feats = feats.to(torch.bfloat16) if self.bf16 and not self.backprop else feats
+            # cast once for all five heads (autocast would cast the same values for each of them)
+            feats = feats.to(torch.bfloat16) if self.imagined_bf16 else feats
             with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):  # REINFORCE needs no graph
                 reward = world_model.reward_dist(feats[1:]).mean()  # (H, N)
                 cont = world_model.cont_dist(feats[1:]).mean()  # (H, N)

@@ -346,7 +346,7 @@ class ConvDecoder(nn.Module):
             if not last:
                 layers += [nn.GroupNorm(1, out), nn.SiLU()]
         self.deconvs = nn.Sequential(*layers)
-        self.deconvs.to(memory_format=torch.channels_last)  # see channels_last
+        self.to(memory_format=torch.channels_last)  # see channels_last (only 4-d weights change)
 
     def forward(self, feat: Tensor) -> ImageMSE:
         lead = feat.shape[:-1]

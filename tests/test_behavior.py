@@ -150,16 +150,21 @@ class MatmulDtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def tiny_imagination_start(env_id, precision):
+    """A tiny agent's world model and actor-critic, and 6 random start states to imagine from."""
+    agent = Agent.create(env_id, preset="tiny", model={"precision": precision})
+    start, _ = agent.world_model.initial(6)
+    start.deter.normal_()
+    return agent.world_model, agent.actor_critic, start
+
+
 @pytest.mark.parametrize(("env_id", "precision", "expected"), [("CartPole-v1", "bfloat16", torch.bfloat16),
                                                                ("CartPole-v1", "float32", torch.float32),
                                                                ("Pendulum-v1", "bfloat16", torch.float32)])  # fmt: skip
 def test_imagination_multiplies_in_bf16_only_where_no_actor_gradient_flows_through_it(env_id, precision, expected):
     """Discrete actions (REINFORCE): the rollout's products in the model's precision. Continuous actions learn
     through the rollout, whose products stay float32 (paired DMC runs scored lower with bf16 ones: README)."""
-    agent = Agent.create(env_id, preset="tiny", model={"precision": precision})
-    world_model, ac = agent.world_model, agent.actor_critic
-    start, _ = world_model.initial(6)
-    start.deter.normal_()
+    world_model, ac, start = tiny_imagination_start(env_id, precision)
     record = MatmulDtypes()
     with record:
         feats, actions = ac.imagine(world_model, start, torch.Generator().manual_seed(0))
@@ -173,13 +178,10 @@ def test_the_heads_share_one_bf16_cast_unless_the_actor_learns_through_the_featu
     """REINFORCE (discrete actions): the imagined features are cast to bf16 once for the five heads. Through the
     dynamics (continuous): each head casts for itself under autocast, so the heads' gradients reach the float32
     features in float32 and are summed there, not in bf16 before they flow back through the rollout."""
-    agent = Agent.create(env_id, preset="tiny", model={"precision": "bfloat16"})
-    world_model, ac = agent.world_model, agent.actor_critic
+    world_model, ac, start = tiny_imagination_start(env_id, "bfloat16")
     seen = []
     real_reward_dist = world_model.reward_dist
     monkeypatch.setattr(world_model, "reward_dist", lambda feat: seen.append(feat.dtype) or real_reward_dist(feat))
-    start, _ = world_model.initial(6)
-    start.deter.normal_()
     feats, actions = ac.imagine(world_model, start, torch.Generator().manual_seed(0))
     actor_loss, _, _, _ = ac.loss(world_model, feats, actions, torch.ones(6))
     assert seen == [heads_get] and torch.isfinite(actor_loss)
