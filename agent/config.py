@@ -133,7 +133,8 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
 
-# What a resumed run may change: its length, and how often it evaluates, logs and saves.
+# What a resumed run may change: its length, how often it evaluates, logs and saves, its evaluation
+# episodes, TensorBoard output and threads (the device is an argument of resume, not config).
 RESUMABLE = (
     "train.steps", "train.eval_every", "train.eval_episodes", "train.confirm_episodes", "train.log_every",
     "train.checkpoint_every", "train.tensorboard", "threads",
@@ -305,16 +306,22 @@ def set_value(config: Config, key: str, value: Any) -> None:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's one-line doc: the comment that follows it in this file."""
-    docs = {}
+    """Each field's doc: the comment on its line, then the comment lines just above it (if any)."""
+    docs, above = {}, []
     try:
         source = inspect.getsource(cls)
     except OSError:  # installed without its .py sources
         return docs
     for line in source.splitlines():
-        match = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
-        if match:
-            docs[match.group(1)] = match.group(2)
+        comment = re.match(r"\s+#\s*(.*)$", line)
+        field = re.match(r"\s+(\w+): [^#]*(?:#\s*(.*))?$", line)
+        if comment:
+            above.append(comment.group(1))
+        elif field:
+            docs[field.group(1)] = "; ".join(part for part in (field.group(2), " ".join(above)) if part)
+            above = []
+        else:
+            above = []
     return docs
 
 

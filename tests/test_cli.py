@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import agent
 import cli
-from agent.config import PRESETS
+from agent.config import PRESETS, Config, describe
 from agent.quantize import QUANTIZERS
 from cli import app
 
@@ -58,6 +58,13 @@ def test_config_prints_the_resolved_config_and_the_keys_set_takes():
     for key in ("model.deter", "actor_critic.entropy", "train.train_ratio", "quantizer_options.tau", "threads"):
         assert key in table, key
     assert "size of the recurrent state h" in table
+
+
+def test_every_config_key_has_a_doc_even_where_the_comment_sits_above_the_field():
+    docs = {key: doc for key, _, doc in describe(Config())}
+    assert [key for key, doc in docs.items() if not doc] == []
+    assert docs["actor_critic.actor_grad"].startswith("reinforce | dynamics")  # a comment block above the field
+    assert docs["model.precision"].startswith("auto | float32 | bfloat16; bfloat16 products")  # inline, then above
 
 
 @pytest.fixture(scope="module")
