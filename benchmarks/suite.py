@@ -42,15 +42,17 @@ def published_key(env_id: str) -> str:
     return "dmc_" + env_id.split("/")[-1].rsplit("-v", 1)[0].replace("-", "_")
 
 
-def load(folder: Path, prefix: str, peers: Path | None = None) -> dict[str, dict[str, list[dict]]]:
+def load(folders: list[Path], prefix: str, peers: Path | None = None) -> dict[str, dict[str, list[dict]]]:
     """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm. Where `peers` is
-    given, the peers' files are read from it and this agent's from `folder` only (the runs of another
-    commit beside peers that were run once). SystemExit if the records of one env were not run on one
+    given, the peers' files are read from it and this agent's from `folders` only (runs of other
+    commits beside peers that were run once). SystemExit if the records of one env were not run on one
     protocol (budget, evaluation spacing, action repeat) or hold a seed twice: the table would compare
     unlike runs."""
     out: dict[str, dict[str, list[dict]]] = {}
     protocols: dict[str, dict[tuple, list[str]]] = {}
-    sources = [(folder, ("agent", "peer"))] if peers is None else [(folder, ("agent",)), (peers, ("peer",))]
+    files: dict[tuple[str, str, int], list[str]] = {}  # (env id, who, seed) -> the files holding it
+    sources = [(folder, ("agent",) if peers else ("agent", "peer")) for folder in folders]
+    sources += [(peers, ("peer",))] if peers else []
     paths = [(path, kinds) for source, kinds in sources for path in sorted(source.glob("*.json"))]
     for path, kinds in paths:
         data = json.loads(path.read_text())
@@ -65,15 +67,18 @@ def load(folder: Path, prefix: str, peers: Path | None = None) -> dict[str, dict
         if env_id.startswith(prefix):
             out.setdefault(env_id, {}).setdefault(who, []).extend(records)
             protocols.setdefault(env_id, {}).setdefault(protocol, []).append(path.name)
+            for record in records:
+                files.setdefault((env_id, who, record["seed"]), []).append(str(path))
     for env_id, seen in protocols.items():
         if len(seen) > 1:
             kinds = "; ".join(f"{', '.join(names)}: steps/eval_every/action_repeat {p}" for p, names in seen.items())
             raise SystemExit(f"error: {env_id} was run on different protocols ({kinds})")
-        for who, records in out[env_id].items():
-            seeds = [r["seed"] for r in records]
-            if len(set(seeds)) < len(seeds):
-                where = folder if who == "agent" or peers is None else peers
-                raise SystemExit(f"error: {env_id}: {who} has a seed twice ({sorted(seeds)}) in {where}")
+    for (env_id, who, seed), holders in files.items():
+        if len(holders) > 1:
+            raise SystemExit(f"error: {env_id}: {who} has seed {seed} twice ({', '.join(holders)})")
+    for by_who in out.values():
+        for records in by_who.values():
+            records.sort(key=lambda record: record["seed"])  # per-seed columns in seed order, whatever the folders
     return out
 
 
@@ -182,14 +187,14 @@ def figure(runs: dict[str, dict[str, list[dict]]], rows: dict[str, Any], title: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", help="env id prefix: dm_control, MinAtar")
-    parser.add_argument("--runs", type=Path, default=RESULTS / "suite", help="folder of the runs' JSON files")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[RESULTS / "suite"], help="folders of the runs' JSON")
     parser.add_argument("--peers", type=Path, default=None, help="the peers' JSON files from this folder instead")
     parser.add_argument("--published", type=Path, default=RESULTS / "published-dmc_proprio-100k.json")
     parser.add_argument("--out", type=Path, default=None, help="path without suffix (default results/suite-<suite>)")
     args = parser.parse_args()
     runs = load(args.runs, args.suite, args.peers)
     if not runs:
-        raise SystemExit(f"error: no runs of {args.suite!r} in {args.runs}")
+        raise SystemExit(f"error: no runs of {args.suite!r} in {', '.join(map(str, args.runs))}")
     published = json.loads(args.published.read_text()) if args.published.is_file() else {}
     rows = summarise(runs, published)
     out = args.out or RESULTS / f"suite-{args.suite}"

@@ -1,6 +1,7 @@
 """The benchmark scripts' summaries: what a closing note quotes must not hide failed seeds or compare unlike runs."""
 
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -76,14 +77,14 @@ def peer_file(seed, repeat=2):
 def test_the_suite_refuses_to_compare_runs_of_different_protocols_or_a_seed_twice(tmp_path):
     write(tmp_path, "a0.json", agent_file(0))
     write(tmp_path, "p0.json", peer_file(0))
-    assert set(suite.load(tmp_path, "dm_control")["dm_control/walker-walk-v0"]) == {"agent", "SAC"}
+    assert set(suite.load([tmp_path], "dm_control")["dm_control/walker-walk-v0"]) == {"agent", "SAC"}
     write(tmp_path, "p1.json", peer_file(1, repeat=1))  # SAC without --action-repeat 2
     with pytest.raises(SystemExit, match="different protocols"):
-        suite.load(tmp_path, "dm_control")
+        suite.load([tmp_path], "dm_control")
     (tmp_path / "p1.json").unlink()
     write(tmp_path, "a0-again.json", agent_file(0))
-    with pytest.raises(SystemExit, match="agent has a seed twice"):
-        suite.load(tmp_path, "dm_control")
+    with pytest.raises(SystemExit, match=r"agent has seed 0 twice \(.*a0-again\.json, .*a0\.json\)"):
+        suite.load([tmp_path], "dm_control")
 
 
 def test_the_suite_takes_this_agents_runs_from_one_folder_and_the_peers_from_another(tmp_path):
@@ -93,7 +94,21 @@ def test_the_suite_takes_this_agents_runs_from_one_folder_and_the_peers_from_ano
     write(old, "p0.json", peer_file(0))
     write(new, "a0.json", agent_file(0))
     write(new, "a1.json", agent_file(1))
-    runs = suite.load(new, "dm_control", peers=old)["dm_control/walker-walk-v0"]
+    runs = suite.load([new], "dm_control", peers=old)["dm_control/walker-walk-v0"]
     assert [r["seed"] for r in runs["agent"]] == [0, 1] and [r["seed"] for r in runs["SAC"]] == [0]
     write(new, "p1.json", peer_file(1))  # a peer's file beside the agent's runs is not read
-    assert len(suite.load(new, "dm_control", peers=old)["dm_control/walker-walk-v0"]["SAC"]) == 1
+    assert len(suite.load([new], "dm_control", peers=old)["dm_control/walker-walk-v0"]["SAC"]) == 1
+
+
+def test_the_suite_joins_this_agents_runs_from_several_folders_and_names_the_files_of_a_seed_held_twice(tmp_path):
+    one, two, peers = tmp_path / "one", tmp_path / "two", tmp_path / "peers"
+    for folder in (one, two, peers):
+        folder.mkdir()
+    write(one, "a1.json", agent_file(1))
+    write(two, "a0.json", agent_file(0))
+    write(peers, "p0.json", peer_file(0))
+    runs = suite.load([one, two], "dm_control", peers=peers)["dm_control/walker-walk-v0"]
+    assert [r["seed"] for r in runs["agent"]] == [0, 1] and len(runs["SAC"]) == 1  # in seed order
+    write(two, "a1.json", agent_file(1))
+    with pytest.raises(SystemExit, match=re.escape(f"agent has seed 1 twice ({one / 'a1.json'}, {two / 'a1.json'})")):
+        suite.load([one, two], "dm_control", peers=peers)
