@@ -74,7 +74,8 @@ def load_optimizer_state(prefix: str, optimizer: torch.optim.Optimizer, tensors:
 
 def updates_due(config: Config, env_steps: int) -> float:
     """The updates a run has made after `env_steps` (it updates while its count is below this): the train
-    ratio counts replayed steps per stored (agent) step."""
+    ratio counts replayed steps per stored (agent) step, taken here as env steps / action_repeat (the same but
+    where an episode ended inside a repeat: a function of the count alone, so a resumed run owes the same)."""
     t = config.train
     return env_steps // config.action_repeat * t.train_ratio / (t.batch * t.seq_len)
 
@@ -301,8 +302,12 @@ class Trainer:
             "is_first": self.is_first, "is_last": self.is_last, "is_terminal": self.is_terminal,
         })  # fmt: skip
         real = ~self.is_last  # a step after is_last only resets its sub-environment
-        obs, reward, term, trunc, _ = self.env.step(envs.to_env_action(action, agent.discrete))
-        counters["env_steps"] += int(real.sum()) * cfg.action_repeat  # the env's own steps, as scores count them
+        obs, reward, term, trunc, info = self.env.step(envs.to_env_action(action, agent.discrete))
+        # the env's own steps, as scores count them: ActionRepeat's count, fewer where an episode ended first
+        taken = np.full(len(real), cfg.action_repeat)
+        if "env_steps" in info:  # absent without a repeat, and for sub-environments that only reset
+            taken = np.where(info["_env_steps"], info["env_steps"], taken)
+        counters["env_steps"] += int(taken[real].sum())
         self.is_first = self.is_last.copy()
         self.obs, self.reward = obs, reward.astype(np.float32)
         self.is_last, self.is_terminal = term | trunc, term.copy()

@@ -190,20 +190,21 @@ class ChannelsFirst(gym.ObservationWrapper):
 
 class ActionRepeat(gym.Wrapper):
     """Each action held for `repeat` env steps (fewer when the episode ends first), their rewards summed:
-    DreamerV3's action repeat for DMC. Scores count the env's own steps: `repeat` per agent step."""
+    DreamerV3's action repeat for DMC. Scores count the env's own steps: info["env_steps"] says how many
+    an agent step took."""
 
     def __init__(self, env: gym.Env, repeat: int):
         super().__init__(env)
         self.repeat = repeat
 
     def step(self, action):
-        total = 0.0
-        for _ in range(self.repeat):
+        total, taken = 0.0, 0
+        while taken < self.repeat:
             obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
+            total, taken = total + float(reward), taken + 1
             if terminated or truncated:
                 break
-        return obs, total, terminated, truncated, info
+        return obs, total, terminated, truncated, {**info, "env_steps": taken}
 
 
 class PixelObservation(gym.ObservationWrapper):

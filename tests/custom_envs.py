@@ -70,8 +70,25 @@ class CountedFrames(NoFrames):
         return np.zeros((8, 8, 3), np.uint8)
 
 
+class FiveStepEpisodes(gym.Env):
+    """Episodes of exactly five steps: an odd length, which an action repeat of 2 cuts short."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(3, np.float32), 1.0, self.t >= 5, False, {}
+
+
 gym.register("DictObservations-v0", entry_point=DictObservations)
 gym.register("DictWithImage-v0", entry_point=lambda: DictObservations(with_image=True))
 gym.register("DictContinuous-v0", entry_point=lambda: DictObservations(continuous=True))
 gym.register("NoFrames-v0", entry_point=NoFrames)
 gym.register("CountedFrames-v0", entry_point=CountedFrames)
+gym.register("FiveStepEpisodes-v0", entry_point=FiveStepEpisodes)

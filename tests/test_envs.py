@@ -141,8 +141,9 @@ def test_action_repeat_holds_the_action_and_sums_rewards_until_the_episode_ends(
     env.reset(seed=0)
     rewards = [env.step(0)[1] for _ in range(2)]
     assert rewards == [3.0, 3.0]
-    _, reward, terminated, truncated, _ = env.step(0)  # the 7th env step ends the episode: one step, not three
+    _, reward, terminated, truncated, info = env.step(0)  # the 7th env step ends the episode: one step, not three
     assert reward == 1.0 and (terminated or truncated)
+    assert info["env_steps"] == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("shimmy") is None, reason='needs pip install -e ".[dmc]"')

@@ -267,8 +267,11 @@ def test_a_gpu_run_resumes_on_a_cpu_only_machine_with_device_cpu(tmp_path):
 
 
 def test_with_action_repeat_env_steps_count_the_envs_own_steps_and_updates_follow_agent_steps():
-    trainer = Trainer.create("CartPole-v1", preset="tiny", action_repeat=2, train={"steps": 200, "eval_every": 0})
+    trainer = Trainer.create("custom_envs:FiveStepEpisodes-v0", preset="tiny", action_repeat=2,
+                             train={"steps": 200, "eval_every": 0, "envs": 2})  # fmt: skip
     trainer.learn()
-    assert trainer.counters["env_steps"] == 200  # 100 agent steps of 2 env steps each
-    assert trainer.replay.total == 100 + trainer.counters["episodes"]  # a reset step after each episode
+    # an episode is 3 agent steps (2 + 2 + 1 env steps): 5 env steps each, not 6
+    assert trainer.counters["env_steps"] == 200 and trainer.counters["episodes"] == 40
+    # stored steps of both envs together: 20 episodes of 3 agent steps, and a reset step after all but the last
+    assert trainer.replay.total == 20 * 3 + 19
     assert trainer.counters["updates"] == (200 // 2) * 8 // 32  # train ratio 8 per stored step, 32 a batch
