@@ -854,7 +854,8 @@ def compare_runs(
         print(json.dumps(report))
         return
     if report["left_out_unfinished"]:
-        console.print(f"left out {len(report['left_out_unfinished'])} unfinished runs")
+        names = ", ".join(Path(path).name for path in report["left_out_unfinished"])
+        console.print(f"left out {len(report['left_out_unfinished'])} unfinished runs: {escape(names)}")
     for env_id, result in report["envs"].items():
         table = Table(title=f"{escape(env_id)}: {escape(metric)} by {escape(group)} (95% bootstrap CIs)")
         columns = ["group", "seeds", "final IQM", "final mean", "AUC IQM", "AUC mean"]

@@ -54,6 +54,9 @@ def test_corrupt_metrics_and_configs_are_read_or_named_never_a_traceback(group_o
     with open(folder / "round-0" / "metrics.jsonl", "a") as f:
         f.write('[1, 2]\n{"step": 7, "eval_return_mean": "x"}\n{"ste')  # not lines of this project
     (folder / "round-1" / "config.json").write_text(json.dumps({"seed": 1}))  # no env_id, no train.steps
+    config = json.loads((folder / "categorical-1" / "config.json").read_text())
+    config["train"]["steps"] = 1000  # 150 of 1,000 env steps: interrupted
+    (folder / "categorical-1" / "config.json").write_text(json.dumps(config))
     infos, unreadable = read_runs([folder])
     assert len(infos) == 3 and [path.name for path, _ in unreadable] == ["round-1"]
     assert read_run(folder / "round-0").curve()[0][-1] == 150  # the lines before the bad one still count
@@ -61,6 +64,7 @@ def test_corrupt_metrics_and_configs_are_read_or_named_never_a_traceback(group_o
     assert result.exit_code == 0 and [row["status"] for row in json.loads(result.output)].count("unreadable") == 1
     result = runner.invoke(app, ["compare", str(folder), "--reps", "100"], terminal_width=200)
     assert result.exit_code == 0 and "warning: left out" in result.output and "Traceback" not in result.output
+    assert "left out 1 unfinished runs: categorical-1" in result.output
     result = runner.invoke(app, ["compare", str(folder), "--metric", "nothing"])
     assert result.exit_code == 2 and "no finished run has any 'nothing'" in result.output
 
