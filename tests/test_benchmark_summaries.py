@@ -1,5 +1,6 @@
 """The benchmark scripts' summaries: what a closing note quotes must not hide failed seeds or compare unlike runs."""
 
+import importlib.util
 import json
 import re
 import shutil
@@ -112,3 +113,18 @@ def test_the_suite_joins_this_agents_runs_from_several_folders_and_names_the_fil
     write(two, "a1.json", agent_file(1))
     with pytest.raises(SystemExit, match=re.escape(f"agent has seed 1 twice ({one / 'a1.json'}, {two / 'a1.json'})")):
         suite.load([one, two], "dm_control", peers=peers)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minatar") is None, reason="needs minatar")
+def test_the_breakout_probe_plays_the_game_that_evaluation_plays():
+    from breakout_probe import probe_episode  # benchmarks/breakout_probe.py
+
+    from agent import Agent
+    from agent.evaluate import evaluate
+
+    agent = Agent.create("MinAtar/Breakout-v1", preset="tiny", seed=3)
+    record = probe_episode(agent, seed=11)
+    played = evaluate(agent, episodes=1, seed=11)
+    assert record["return"] == played["returns"][0] and record["length"] == played["lengths"][0]
+    assert len(record["paddle_columns"]) == record["length"] and set(record["paddle_columns"]) <= set(range(10))
+    assert (record["lost"] is not None) == played["terminated"][0]  # a lost ball ends Breakout
