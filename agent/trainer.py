@@ -41,7 +41,7 @@ from agent.evaluate import confirmation_seed, evaluate, evaluation_envs, evaluat
 from agent.noise import ActionNoise
 from agent.replay import Replay
 from agent.runs import RunFolder, RunFolderError
-from agent.world_model import Latent
+from agent.world_model import Latent, Posterior
 
 
 class TrainingError(RuntimeError):
@@ -332,7 +332,8 @@ class Trainer:
         """One gradient step of the world model, the actor and the critic (DreamerV3's order: imagination
         starts from this batch's posterior, under the world model the batch was scored with). If any
         loss or gradient norm is not finite, the step is skipped whole: no optimiser steps, no
-        statistics committed; it is counted and None is returned. One host sync per update."""
+        statistics committed; it is counted and None is returned. One host sync per update, and one per
+        further actor-critic step (`actor_critic.repeats`), each applied only if finite."""
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         sample = self.replay.sample(cfg.train.batch, cfg.train.seq_len)
@@ -344,12 +345,45 @@ class Trainer:
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
 
-        start = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))  # (N, ...)
+        starts = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))  # (N, ...)
+        actor_loss, critic_loss, metrics, return_stats, norms = self.actor_critic_step(starts, post, batch)
+        if not all_finite(wm_loss, wm_norm, actor_loss, critic_loss, return_stats, *norms):
+            return self.reject_update()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        wm.quantizer.update(post.inputs, post.index, self.generator)
+        ac.return_norm.commit(return_stats)
+        ac.update_slow_critic()
+        for _ in range(cfg.actor_critic.repeats - 1):  # more actor-critic steps on the same batch
+            actor_loss_r, critic_loss_r, _, return_stats_r, norms_r = self.actor_critic_step(starts, post, batch)
+            if not all_finite(actor_loss_r, critic_loss_r, return_stats_r, *norms_r):
+                self.nonfinite["total"] += 1  # the update itself is good and kept; its further steps are dropped
+                break
+            self.optimizers["actor"].step()
+            self.optimizers["critic"].step()
+            ac.return_norm.commit(return_stats_r)
+            ac.update_slow_critic()
+        self.nonfinite["in_a_row"] = 0
+        self.counters["updates"] += 1
+        out = {f"loss/{k}": v.detach() for k, v in terms.items()}
+        out.update({"loss/world_model": wm_loss.detach(), "loss/actor": actor_loss.detach(),
+                    "loss/critic": critic_loss.detach(), "train/wm_grad_norm": wm_norm.detach()})  # fmt: skip
+        out.update(metrics)
+        return out
+
+    def actor_critic_step(
+        self, starts: Latent, post: Posterior, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """The actor's and the critic's losses from imagination out of a draw of `starts` (the replayed batch's
+        posterior states, flattened), their gradients set and clipped (not yet applied). Returns (actor loss,
+        critic loss, metrics, the return statistics to commit, the two gradient norms)."""
+        agent, cfg = self.agent, self.agent.config
+        wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         start_cont = 1.0 - batch["is_terminal"].flatten().float()
         if 0 < cfg.actor_critic.starts < len(start_cont):
             pick = torch.randperm(len(start_cont), generator=self.generator, device=device)[: cfg.actor_critic.starts]
-            start, start_cont = Latent(start.deter[pick], start.code[pick]), start_cont[pick]
-        feats, actions = ac.imagine(wm, start, self.generator)
+            starts, start_cont = Latent(starts.deter[pick], starts.code[pick]), start_cont[pick]
+        feats, actions = ac.imagine(wm, starts, self.generator)
         actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
         if cfg.actor_critic.replay_value > 0:
             replay_loss = ac.replay_value_loss(
@@ -366,20 +400,7 @@ class Trainer:
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.actor_critic.grad_clip))
-        if not all_finite(wm_loss, wm_norm, actor_loss, critic_loss, return_stats, *norms):
-            return self.reject_update()
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-        wm.quantizer.update(post.inputs, post.index, self.generator)
-        ac.return_norm.commit(return_stats)
-        ac.update_slow_critic()
-        self.nonfinite["in_a_row"] = 0
-        self.counters["updates"] += 1
-        out = {f"loss/{k}": v.detach() for k, v in terms.items()}
-        out.update({"loss/world_model": wm_loss.detach(), "loss/actor": actor_loss.detach(),
-                    "loss/critic": critic_loss.detach(), "train/wm_grad_norm": wm_norm.detach()})  # fmt: skip
-        out.update(metrics)
-        return out
+        return actor_loss, critic_loss, metrics, return_stats, norms
 
     def reject_update(self) -> None:
         """Drop the gradients of an update whose losses or gradients were not finite, count it, and stop

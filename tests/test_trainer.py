@@ -45,6 +45,33 @@ def test_a_nonfinite_batch_changes_no_statistic_and_training_goes_on(monkeypatch
     assert torch.isfinite(norm.scale(torch.stack([norm.low, norm.high])))
 
 
+def adam_steps(optimizer: torch.optim.Optimizer) -> int:
+    return int(next(iter(optimizer.state.values()))["step"])
+
+
+def test_repeated_actor_critic_steps_each_apply_once_and_a_nonfinite_one_is_dropped_alone(monkeypatch):
+    trainer = ready(actor_critic={"repeats": 3})
+    for _ in range(2):
+        assert trainer.update() is not None
+    optimizers = trainer.optimizers
+    assert adam_steps(optimizers["wm"]) == 2
+    assert adam_steps(optimizers["actor"]) == adam_steps(optimizers["critic"]) == 6
+    norm = trainer.agent.actor_critic.return_norm
+    real_loss = trainer.agent.actor_critic.loss
+    calls = {"n": 0}
+
+    def poisoned(world_model, feats, actions, start_cont):  # the second actor-critic step of the update is NaN
+        calls["n"] += 1
+        return real_loss(world_model, feats * float("nan") if calls["n"] == 2 else feats, actions, start_cont)
+
+    monkeypatch.setattr(trainer.agent.actor_critic, "loss", poisoned)
+    assert trainer.update() is not None  # the update itself was good: kept, and its third step not taken
+    assert adam_steps(optimizers["wm"]) == 3 and adam_steps(optimizers["actor"]) == 7
+    assert trainer.nonfinite == {"total": 1, "in_a_row": 0} and trainer.counters["updates"] == 3
+    assert torch.isfinite(norm.low).all() and torch.isfinite(norm.high).all()
+    assert all(torch.isfinite(p).all() for p in trainer.agent.actor_critic.parameters())
+
+
 def test_vq_statistics_change_once_per_gradient_step_from_all_its_assignments(monkeypatch):
     trainer = ready(quantizer="vq", quantizer_options={"ema": True})
     wm = trainer.agent.world_model
