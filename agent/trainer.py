@@ -41,7 +41,7 @@ from agent.evaluate import confirmation_seed, evaluate, evaluation_envs, evaluat
 from agent.noise import ActionNoise
 from agent.replay import Replay
 from agent.runs import RunFolder, RunFolderError
-from agent.world_model import Latent, Posterior
+from agent.world_model import Latent
 
 
 class TrainingError(RuntimeError):
@@ -345,8 +345,14 @@ class Trainer:
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.model.grad_clip)
 
-        starts = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))  # (N, ...)
-        actor_loss, critic_loss, metrics, return_stats, norms = self.actor_critic_step(starts, post, batch)
+        # what every actor-critic step of this update starts from: the posterior states (N, ...), whether each
+        # continues, and the posterior features of the replayed sequences (for the replay value loss)
+        starts = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))
+        start_cont = 1.0 - batch["is_terminal"].flatten().float()
+        post_feats = post.latent.features() if cfg.actor_critic.replay_value > 0 else None
+        actor_loss, critic_loss, metrics, return_stats, norms = self.actor_critic_step(
+            starts, start_cont, post_feats, batch
+        )
         if not all_finite(wm_loss, wm_norm, actor_loss, critic_loss, return_stats, *norms):
             return self.reject_update()
         for optimizer in self.optimizers.values():
@@ -355,7 +361,9 @@ class Trainer:
         ac.return_norm.commit(return_stats)
         ac.update_slow_critic()
         for _ in range(cfg.actor_critic.repeats - 1):  # more actor-critic steps on the same batch
-            actor_loss_r, critic_loss_r, _, return_stats_r, norms_r = self.actor_critic_step(starts, post, batch)
+            actor_loss_r, critic_loss_r, _, return_stats_r, norms_r = self.actor_critic_step(
+                starts, start_cont, post_feats, batch
+            )
             if not all_finite(actor_loss_r, critic_loss_r, return_stats_r, *norms_r):
                 self.nonfinite["total"] += 1  # the update itself is good and kept; its further steps are dropped
                 break
@@ -372,23 +380,22 @@ class Trainer:
         return out
 
     def actor_critic_step(
-        self, starts: Latent, post: Posterior, batch: dict[str, torch.Tensor]
+        self, starts: Latent, start_cont: torch.Tensor, post_feats: torch.Tensor | None, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """The actor's and the critic's losses from imagination out of a draw of `starts` (the replayed batch's
-        posterior states, flattened), their gradients set and clipped (not yet applied). Returns (actor loss,
-        critic loss, metrics, the return statistics to commit, the two gradient norms)."""
+        posterior states, flattened, and whether each continues: start_cont (N,)), their gradients set and
+        clipped (not yet applied). post_feats (B, T, F; None without a replay value loss) and batch feed the
+        replay value loss. Returns (actor loss, critic loss, metrics, the return statistics to commit, the two
+        gradient norms)."""
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
-        start_cont = 1.0 - batch["is_terminal"].flatten().float()
         if 0 < cfg.actor_critic.starts < len(start_cont):
             pick = torch.randperm(len(start_cont), generator=self.generator, device=device)[: cfg.actor_critic.starts]
             starts, start_cont = Latent(starts.deter[pick], starts.code[pick]), start_cont[pick]
         feats, actions = ac.imagine(wm, starts, self.generator)
         actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
         if cfg.actor_critic.replay_value > 0:
-            replay_loss = ac.replay_value_loss(
-                post.latent.features(), batch["reward"], batch["is_last"], batch["is_terminal"]
-            )
+            replay_loss = ac.replay_value_loss(post_feats, batch["reward"], batch["is_last"], batch["is_terminal"])
             critic_loss = critic_loss + cfg.actor_critic.replay_value * replay_loss
             metrics["loss/critic_replay"] = replay_loss.detach()
         # each loss reaches only its own network's parameters

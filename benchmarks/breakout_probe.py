@@ -29,7 +29,7 @@ def probe_episode(agent: Agent, seed: int) -> dict:
     env = envs.make(ENV_ID)
     obs, _ = env.reset(seed=seed)
     game = env.unwrapped.game.env  # MinAtar's Breakout: ball_x, ball_y, pos (the paddle's column)
-    state, first, total, columns, steps = None, np.array([True]), 0.0, [], []
+    state, first, total, steps = None, np.array([True]), 0.0, []
     while True:
         action, state = agent.act(obs[None], state, first)
         first = np.array([False])
@@ -39,7 +39,6 @@ def probe_episode(agent: Agent, seed: int) -> dict:
             value = float(agent.actor_critic.value(feat).mean())
         steps.append({"ball": [int(game.ball_x), int(game.ball_y)], "paddle": int(game.pos), "probs": probs,
                       "value": value})  # fmt: skip
-        columns.append(int(game.pos))
         obs, reward, terminated, truncated, _ = env.step(int(np.asarray(action).reshape(-1)[0]))
         total += float(reward)
         if terminated or truncated:
@@ -53,6 +52,7 @@ def probe_episode(agent: Agent, seed: int) -> dict:
         lost = {"ball_column": steps[-1]["ball"][0], "paddle_column": steps[-1]["paddle"],
                 "steps_before_loss_when_value_fell": None if drop is None else len(steps) - drop,
                 "probs_when_value_fell": None if drop is None else steps[drop]["probs"]}  # fmt: skip
+    columns = [s["paddle"] for s in steps]
     return {"seed": seed, "return": total, "length": len(steps), "paddle_columns": columns, "lost": lost}
 
 
@@ -75,14 +75,14 @@ def main() -> None:
     share = np.bincount(columns, minlength=10) / len(columns)
     lost = [e["lost"] for e in episodes if e["lost"]]
     distances = [abs(x["ball_column"] - x["paddle_column"]) for x in lost]
+    fell = [x["probs_when_value_fell"] for x in lost if x["probs_when_value_fell"]]
     summary = {
         "mean_return": float(np.mean([e["return"] for e in episodes])),
         "paddle_column_share": [round(float(s), 3) for s in share],
         "lost_balls": len(lost),
         "median_paddle_distance_at_loss": float(np.median(distances)) if distances else None,
-        "mean_probs_when_value_fell": np.mean([x["probs_when_value_fell"] for x in lost
-                                               if x["probs_when_value_fell"]], 0).round(3).tolist() if lost else None,
-    }  # fmt: skip
+        "mean_probs_when_value_fell": np.mean(fell, 0).round(3).tolist() if fell else None,
+    }
     print(json.dumps(summary))
     if args.out:
         record = {"checkpoint": str(args.checkpoint), "which": args.which, "summary": summary, "episodes": episodes}
