@@ -33,6 +33,9 @@ class ModelConfig:
     hidden: int = 128  # width of every MLP layer
     layers: int = 1  # hidden layers in the encoder, decoder and heads
     cnn_depth: int = 32  # channels of the first convolution (images), doubled at each stage; 32+ px: OBS_DEFAULTS
+    # the decoder's likelihood of an image: mse (squared error in [-0.5, 0.5], DreamerV3's) or bernoulli
+    # (a Bernoulli per pixel, for binary cells such as MinAtar's)
+    image_likelihood: str = "mse"
     reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
@@ -469,6 +472,8 @@ def validate(config: Config) -> None:
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")
+    if m.image_likelihood not in ("mse", "bernoulli"):
+        raise ConfigError(f"model.image_likelihood must be mse or bernoulli, got {m.image_likelihood!r}")
     if m.precision not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"model.precision must be auto, float32 or bfloat16, got {m.precision!r}")
     if t.vector not in ("sync", "async"):

@@ -65,7 +65,9 @@ class WorldModel(nn.Module):
         code, hidden = quantizer.code_size, cfg.hidden
         feat = cfg.deter + code
         # vectors: symlog MLPs; images (C, H, W): convolutions
-        self.encoder, self.decoder = make_codec(tuple(obs_shape), feat, hidden, cfg.layers, cfg.cnn_depth)
+        self.encoder, self.decoder = make_codec(
+            tuple(obs_shape), feat, hidden, cfg.layers, cfg.cnn_depth, cfg.image_likelihood
+        )
         self.img_in = nn.Linear(code + action_dim, hidden, bias=False)
         self.img_in_norm = nn.LayerNorm(hidden)
         self.gru = GRUCell(hidden, cfg.deter)

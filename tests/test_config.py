@@ -33,6 +33,7 @@ def test_presets_and_overrides_apply_in_order_with_types():
         ({}, {"quantizer": "rund"}, "unknown 'rund'"),
         ({"train.steps": "-5"}, {}, "train.steps must be > 0"),
         ({"device": "gpu"}, {}, "device must be"),
+        ({"model.image_likelihood": "gaussian"}, {}, "model.image_likelihood must be mse or bernoulli"),
     ],
 )
 def test_bad_values_are_errors_that_name_the_key(overrides, top, message):

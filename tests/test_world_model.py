@@ -1,6 +1,7 @@
 """World model, actor-critic and their building blocks."""
 
 import copy
+import itertools
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ import envs
 from agent import quantize
 from agent.behavior import ActorCritic, lambda_return
 from agent.config import make_config
-from agent.nets import TwoHot, make_codec, symexp, symlog, symlog_bins, twohot_weights
+from agent.nets import ImageBernoulli, ImageMSE, TwoHot, make_codec, symexp, symlog, symlog_bins, twohot_weights
 from agent.world_model import Latent, WorldModel
 
 
@@ -81,6 +82,26 @@ def test_twohot_round_trips_and_splits_weight_between_the_two_nearest_bins():
     logits, target = torch.randn(5, 41, generator=gen(0)), torch.tensor([-300.0, -2.0, 0.0, 0.7, 1e4])
     dense = (twohot(symlog(target), bins) * logits.log_softmax(-1)).sum(-1)
     assert torch.allclose(TwoHot(logits, bins).log_prob(target), dense, atol=1e-6)
+
+
+def test_bernoulli_image_likelihood_is_the_product_of_each_cells_bernoulli():
+    """log p(image) by enumeration on 2 cells of 2 channels: over all 16 binary images the probabilities sum
+    to 1, each is the product of sigmoid(logit) for lit cells and 1 - sigmoid(logit) for dark ones, and the
+    decoder uses it when asked (its mean is each cell's probability as a 0-255 image)."""
+    logits = torch.tensor([[[[0.3, -2.0]], [[1.5, 0.0]]]])  # (1, C=2, H=1, W=2)
+    dist = ImageBernoulli(logits)
+    cells = torch.sigmoid(logits).flatten()
+    total = 0.0
+    for bits in itertools.product([0, 1], repeat=4):
+        image = (torch.tensor(bits, dtype=torch.uint8) * 255).view(1, 2, 1, 2)
+        expected = torch.prod(torch.where(torch.tensor(bits).bool(), cells, 1 - cells))
+        assert torch.allclose(dist.log_prob(image).exp(), expected, atol=1e-6)
+        total += float(expected)
+    assert abs(total - 1.0) < 1e-6
+    assert torch.equal(dist.mean(), (torch.sigmoid(logits) * 255).round().to(torch.uint8))
+    _, decoder = make_codec((4, 10, 10), 24, 16, 1, 8, image_likelihood="bernoulli")
+    assert isinstance(decoder(torch.randn(3, 24)), ImageBernoulli)
+    assert isinstance(make_codec((4, 10, 10), 24, 16, 1, 8)[1](torch.randn(3, 24)), ImageMSE)
 
 
 @pytest.mark.parametrize("obs_shape", [(4, 10, 10), (3, 16, 16)])
