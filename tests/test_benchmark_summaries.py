@@ -8,6 +8,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import suite  # benchmarks/suite.py (benchmarks/ is on pytest's path)
 from learning import code_commit, median_to_threshold  # benchmarks/learning.py
@@ -128,3 +129,53 @@ def test_the_breakout_probe_plays_the_game_that_evaluation_plays():
     assert record["return"] == played["returns"][0] and record["length"] == played["lengths"][0]
     assert len(record["paddle_columns"]) == record["length"] and set(record["paddle_columns"]) <= set(range(10))
     assert (record["lost"] is not None) == played["terminated"][0]  # a lost ball ends Breakout
+
+
+def test_the_model_probe_counts_caught_rewards_and_terminations():
+    from model_probe import channel_recall, summarize  # benchmarks/model_probe.py
+
+    reward = np.array([0.0, 1.0, 0.0, 1.0, -1.0, 0.0])
+    terminal = np.array([0, 0, 0, 0, 0, 1])
+    # caught: +1 predicted 0.9 (yes), +1 predicted 0.4 (under half), -1 predicted -0.6 (yes)
+    predicted = np.array([0.1, 0.9, 0.0, 0.4, -0.6, 0.1])
+    cont = np.array([1.0, 0.9, 0.3, 1.0, 1.0, 0.2])
+    summary = summarize(reward, terminal, predicted, cont)
+    assert summary["reward_steps"] == 3 and summary["terminal_steps"] == 1
+    assert summary["reward_steps_caught"] == pytest.approx(2 / 3)
+    assert summary["mean_abs_error_at_reward_steps"] == pytest.approx((0.1 + 0.6 + 0.4) / 3)
+    assert summary["mean_abs_prediction_elsewhere"] == pytest.approx((0.1 + 0.0 + 0.1) / 3)
+    assert summary["terminal_steps_caught"] == 1.0 and summary["false_terminals"] == pytest.approx(1 / 5)
+    real = np.zeros((2, 2, 2, 2), np.uint8)
+    real[0, 0, 0, 0] = real[1, 0, 1, 1] = 255
+    decoded = np.zeros_like(real)
+    decoded[0, 0, 0, 0] = 200  # one of the two lit cells of channel 0 shown
+    decoded[1, 1, 0, 0] = 255  # a dark cell of channel 1 lit
+    channels = channel_recall(real, decoded)
+    assert channels[0] == {"lit_share": 2 / 8, "recall": 0.5, "false_lit": 0.0}
+    assert channels[1] == {"lit_share": 0.0, "recall": 0.0, "false_lit": 1 / 8}
+
+
+def test_the_model_probe_reads_a_runs_replay_chunks(tmp_path):
+    from model_probe import probe_run  # benchmarks/model_probe.py
+
+    from agent import Agent
+
+    agent = Agent.create("MinAtar/Breakout-v1", preset="tiny", seed=0)
+    rng = np.random.default_rng(0)
+    steps = 12
+    chunk = {
+        "obs": (rng.random((1, steps, 4, 10, 10)) < 0.05).astype(np.uint8) * 255,
+        "action": np.eye(3, dtype=np.float32)[rng.integers(0, 3, (1, steps))],
+        "reward": np.array([[0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]], np.float32),
+        "is_first": np.eye(1, steps, dtype=bool),
+        "is_last": np.eye(1, steps, steps - 1, dtype=bool),
+        "is_terminal": np.eye(1, steps, steps - 1, dtype=bool),
+    }
+    path = tmp_path / "000000000000-000000000012.npz"
+    np.savez(path, **chunk)
+    first = probe_run(agent, [path, path])
+    assert first["steps"] == 2 * steps and first["reward_steps"] == 4 and first["terminal_steps"] == 2
+    assert len(first["channels"]) == 4 and first["channels"][0]["lit_share"] == pytest.approx(
+        (chunk["obs"][0, :, 0] > 0).mean()
+    )
+    assert probe_run(agent, [path, path]) == first  # codes sampled with a fixed seed
