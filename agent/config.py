@@ -40,6 +40,10 @@ class ModelConfig:
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
     rep_scale: float = 0.1  # weight of the representation loss (pulls the posterior to the prior)
+    # weights of the reward and continuation losses (DreamerV3: 1 each, as the decoder's); their gradients are
+    # what shapes the representation towards rare events the decoder's cells say little about
+    reward_scale: float = 1.0
+    cont_scale: float = 1.0
     unimix: float = 0.01  # uniform mixture of the prior (and of categorical posteriors)
     lr: float = 3e-4  # Adam learning rate
     eps: float = 1e-8  # Adam epsilon
@@ -450,6 +454,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {value}")
     non_negative = {
         "model.free_bits": m.free_bits, "model.dyn_scale": m.dyn_scale, "model.rep_scale": m.rep_scale,
+        "model.reward_scale": m.reward_scale, "model.cont_scale": m.cont_scale,
         "actor_critic.entropy": a.entropy, "actor_critic.replay_value": a.replay_value,
         "actor_critic.starts": a.starts, "train.prefill": t.prefill,
         "train.recency": t.recency, "train.eval_every": t.eval_every, "seed": config.seed,

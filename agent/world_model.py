@@ -244,8 +244,8 @@ class WorldModel(nn.Module):
             "rep": rep.clamp_min(cfg.free_bits).mean(),
             "quantizer": post.aux_loss,
         }
-        scales = {"decoder": 1.0, "reward": 1.0, "cont": 1.0, "dyn": cfg.dyn_scale, "rep": cfg.rep_scale,
-                  "quantizer": 1.0}  # fmt: skip
+        scales = {"decoder": 1.0, "reward": cfg.reward_scale, "cont": cfg.cont_scale, "dyn": cfg.dyn_scale,
+                  "rep": cfg.rep_scale, "quantizer": 1.0}  # fmt: skip
         total = sum(scales[k] * v for k, v in terms.items())
         terms["kl"] = dyn.mean().detach()  # unclipped, for monitoring
         return total, terms, post

@@ -1,6 +1,7 @@
 """World model, actor-critic and their building blocks."""
 
 import copy
+import dataclasses
 import itertools
 import math
 
@@ -330,3 +331,14 @@ def test_a_dynamics_actor_moves_its_mean_through_the_model_and_its_std_by_the_sc
     assert values_only[1][1] != 0  # (REINFORCE's term and the entropy bonus)
     # while the mean's gradient does come through the model
     assert not torch.allclose(through_model[0][0], values_only[0][0])
+
+
+def test_the_world_model_loss_weighs_each_term_by_its_scale():
+    wm, _ = tiny_model("round")  # deterministic posterior: both losses see the same codes
+    batch = random_cartpole_batch()
+    loss, terms, _ = wm.loss(batch, gen(0))
+    wm.cfg = dataclasses.replace(wm.cfg, reward_scale=3.0, cont_scale=0.0)
+    scaled, same, _ = wm.loss(batch, gen(0))
+    assert torch.allclose(same["reward"], terms["reward"]) and torch.allclose(same["cont"], terms["cont"])
+    expected = loss + 2.0 * terms["reward"] - terms["cont"]
+    assert torch.allclose(scaled, expected, rtol=1e-5, atol=1e-5)
