@@ -156,7 +156,7 @@ def test_the_model_probe_counts_caught_rewards_and_terminations():
 
 
 def test_the_model_probe_reads_a_runs_replay_chunks(tmp_path):
-    from model_probe import probe_run  # benchmarks/model_probe.py
+    from model_probe import probe_run, read_chunks  # benchmarks/model_probe.py
 
     from agent import Agent
 
@@ -179,3 +179,37 @@ def test_the_model_probe_reads_a_runs_replay_chunks(tmp_path):
         (chunk["obs"][0, :, 0] > 0).mean()
     )
     assert probe_run(agent, [path, path]) == first  # codes sampled with a fixed seed
+    other = tmp_path / "000000000012-000000000024.npz"
+    np.savez(other, **chunk)
+    alone, after = read_chunks(agent, [path], seed=0)[0], read_chunks(agent, [other, path], seed=0)[1]
+    assert np.array_equal(alone["pred_features"], after["pred_features"])  # a chunk's codes do not depend on others
+
+
+def test_the_model_probe_refits_heads_that_catch_what_the_frames_determine(tmp_path):
+    from model_probe import read_chunks, refit, transitions  # benchmarks/model_probe.py
+
+    from agent import Agent
+
+    agent = Agent.create("MinAtar/Breakout-v1", preset="tiny", seed=0)
+    rng = np.random.default_rng(1)
+    paths, chunks = [], []
+    for i in range(3):
+        obs = np.zeros((1, 200, 4, 10, 10), np.uint8)
+        obs[:, :, 0, 0, 0] = (rng.random((1, 200)) < 0.3) * 255  # one cell that decides the reward, one that does not
+        obs[:, :, 1, 5, 5] = (rng.random((1, 200)) < 0.3) * 255
+        first = np.zeros((1, 200), bool)
+        first[0, [0, 100]] = True
+        no = np.zeros((1, 200), bool)
+        reward = (obs[:, :, 0, 0, 0] > 0).astype(np.float32)  # a cell of the frame it arrives with
+        action = np.eye(3, dtype=np.float32)[rng.integers(0, 3, (1, 200))]
+        chunks.append({"obs": obs, "action": action, "reward": reward, "is_first": first, "is_last": no,
+                       "is_terminal": no})  # fmt: skip
+        paths.append(tmp_path / f"{i:012d}-{i + 1:012d}.npz")
+        np.savez(paths[-1], **chunks[-1])
+    result = refit(agent, read_chunks(agent, paths, seed=0), held_out=1, steps=300)
+    assert result["train_steps"] == 2 * 198  # steps with a predecessor in their episode, in the two older chunks
+    one_step = {key: value[:, :1] for key, value in chunks[0].items()}  # a chunk's steps may all lack a predecessor
+    assert len(transitions([{**one_step, "pred_features": np.zeros((1, 1, 8), np.float32)}])["before"]) == 0
+    held_out = chunks[-1]["reward"][0, 1:][~chunks[-1]["is_first"][0, 1:]]
+    assert result["from_frames"]["reward_steps"] == result["from_features"]["reward_steps"] == int(held_out.sum())
+    assert result["from_frames"]["reward_steps_caught"] > 0.9 and result["from_frames"]["false_terminals"] == 0.0
