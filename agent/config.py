@@ -33,8 +33,8 @@ class ModelConfig:
     hidden: int = 128  # width of every MLP layer
     layers: int = 1  # hidden layers in the encoder, decoder and heads
     cnn_depth: int = 32  # channels of the first convolution (images), doubled at each stage; 32+ px: OBS_DEFAULTS
-    # the decoder's likelihood of an image: mse (squared error in [-0.5, 0.5], DreamerV3's) or bernoulli
-    # (a Bernoulli per pixel, for binary cells such as MinAtar's)
+    # the decoder's likelihood of an image (vectors always use symlog squared error): mse (squared error in
+    # [-0.5, 0.5], DreamerV3's) or bernoulli (a Bernoulli per pixel, for binary cells such as MinAtar's)
     image_likelihood: str = "mse"
     reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling

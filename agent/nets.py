@@ -327,8 +327,9 @@ class ImageMSE:
 
 class ImageBernoulli:
     """Binary images (MinAtar's cells, 0 or 255): an independent Bernoulli per pixel, from logits. Its log_prob
-    is a log-likelihood in nats, as the KL terms are: a lit cell predicted at p = 0.01 costs 4.6 nats, where the
-    squared error of ImageMSE caps any one pixel's cost at 1, so a one-cell object is cheap to leave out."""
+    is a log-likelihood in nats, as the KL terms are: a lit cell predicted at p = 0.01 costs 4.6 nats, where
+    ImageMSE charges a dark guess of a lit cell 1 and a half-lit one 0.25, so a one-cell object placed only
+    roughly costs little there. On images that are not binary it is a cross-entropy, not a likelihood."""
 
     def __init__(self, logits: Tensor):
         self.logits = logits.float()
@@ -348,6 +349,8 @@ class ConvDecoder(nn.Module):
     def __init__(self, feat_dim: int, obs_shape: tuple[int, int, int], encoder: ConvEncoder, likelihood: str = "mse"):
         super().__init__()
         self.obs_shape = obs_shape
+        if likelihood not in ("mse", "bernoulli"):
+            raise ValueError(f"image likelihood must be mse or bernoulli, got {likelihood!r}")
         self.likelihood = ImageBernoulli if likelihood == "bernoulli" else ImageMSE
         self.start_shape = encoder.out_shape
         self.linear = nn.Linear(feat_dim, encoder.out_dim)
@@ -376,7 +379,7 @@ class ConvDecoder(nn.Module):
 
 def make_codec(
     obs_shape: tuple[int, ...], feat_dim: int, hidden: int, layers: int, depth: int, image_likelihood: str = "mse"
-):
+) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) for an observation shape: MLPs for vectors, convolutions for images (their decoder's
     likelihood: mse or bernoulli)."""
     if len(obs_shape) == 1:

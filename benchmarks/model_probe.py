@@ -6,18 +6,21 @@ actor nothing to learn from in imagination, whatever the actor's settings.
     python benchmarks/model_probe.py <run folder> --chunks 10 --out probe.json
     python benchmarks/model_probe.py <run folder> --refit --out probe.json   # and fresh heads (minutes)
 
-Reads the newest `--chunks` replay chunks of the run (about 1,000 env steps each) and the checkpoint
-`--which` (last by default: the model that was training on them). Codes are sampled with a fixed seed.
+Reads the newest `--chunks` replay chunks of the run (about 1,000 steps of each env each) and the
+checkpoint `--which` (last by default: the model that was training on them). Each chunk is observed from
+the model's initial state, its first steps included. Codes are sampled with a fixed seed.
 With --refit it also fits fresh reward and continuation heads on all older chunks and scores them on the
 newest: once from the model's features, once from the raw frames before and after each step with the
-action between them. Where the frames let a head catch the events and the features do not, the
-representation is what loses them.
+action between them. The model itself trained on the newest chunks, the heads did not: that favours the
+features, so where the frames let a head catch the events and the features do not, the representation
+is what loses them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +119,6 @@ def probe_chunks(chunks: list[dict[str, np.ndarray]]) -> dict:
     return summary
 
 
-def probe_run(agent: Agent, paths: list[Path], seed: int = 0) -> dict:
-    return probe_chunks(read_chunks(agent, paths, seed))
-
-
 def transitions(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Every step that has a previous step in its episode, flattened: the features, the frames before and
     after (uint8, flattened), the action between them, the reward and termination that arrived with it."""
@@ -136,7 +135,12 @@ def transitions(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate(value) for key, value in out.items()}
 
 
-def fit_heads(agent: Agent, inputs, train: dict, test: dict, steps: int, seed: int) -> dict:
+Rows = Callable[[dict[str, np.ndarray], np.ndarray], torch.Tensor]  # (data, row indices) -> head inputs
+
+
+def fit_heads(
+    agent: Agent, inputs: Rows, train: dict[str, np.ndarray], test: dict[str, np.ndarray], steps: int, seed: int
+) -> dict:
     """Fresh reward (two-hot) and continuation heads of one hidden layer of 256 units on inputs(data, rows),
     trained for `steps` Adam steps of 512 rows; the summary of their predictions on the test rows."""
     wm = agent.world_model
@@ -151,7 +155,7 @@ def fit_heads(agent: Agent, inputs, train: dict, test: dict, steps: int, seed: i
     for _ in range(steps):
         rows = rng.integers(0, len(train["reward"]), 512)
         x = inputs(train, rows)
-        reward, cont = torch.as_tensor(train["reward"][rows]), torch.as_tensor(1.0 - train["terminal"][rows])
+        reward, cont = torch.as_tensor(train["reward"][rows]), torch.as_tensor(~train["terminal"][rows]).float()
         loss = -TwoHot(reward_head(x), grid).log_prob(reward).mean()
         loss = loss - Bernoulli(cont_head(x).squeeze(-1)).log_prob(cont).mean()
         optimizer.zero_grad()
