@@ -41,9 +41,9 @@ class ModelConfig:
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
     rep_scale: float = 0.1  # weight of the representation loss (pulls the posterior to the prior)
     # weights of the reward and continuation losses (DreamerV3: 1 each, as the decoder's); their gradients are
-    # what shapes the representation towards rare events the decoder's cells say little about
+    # what shapes the representation towards rare events the decoder's cells say little about (README: MinAtar)
     reward_scale: float = 1.0
-    cont_scale: float = 1.0
+    cont_scale: float = 1.0  # weight of the continuation loss (see reward_scale)
     unimix: float = 0.01  # uniform mixture of the prior (and of categorical posteriors)
     lr: float = 3e-4  # Adam learning rate
     eps: float = 1e-8  # Adam epsilon
