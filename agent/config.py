@@ -462,7 +462,7 @@ def validate(config: Config) -> None:
         "threads": config.threads,
     }  # fmt: skip
     for key, value in non_negative.items():
-        if value < 0:
+        if not value >= 0:  # NaN too
             raise ConfigError(f"{key} must be >= 0, got {value}")
     unit = {
         "model.unimix": m.unimix, "actor_critic.gamma": a.gamma, "actor_critic.lam": a.lam,

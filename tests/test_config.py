@@ -34,6 +34,8 @@ def test_presets_and_overrides_apply_in_order_with_types():
         ({"train.steps": "-5"}, {}, "train.steps must be > 0"),
         ({"device": "gpu"}, {}, "device must be"),
         ({"model.image_likelihood": "gaussian"}, {}, "model.image_likelihood must be mse or bernoulli"),
+        ({"model.free_bits": "nan"}, {}, "model.free_bits must be >= 0, got nan"),
+        ({"model.reward_scale": "-1"}, {}, "model.reward_scale must be >= 0"),
     ],
 )
 def test_bad_values_are_errors_that_name_the_key(overrides, top, message):
