@@ -342,6 +342,9 @@ class ImageBernoulli:
         return -cells.sum((-3, -2, -1))
 
 
+IMAGE_LIKELIHOODS = {"mse": ImageMSE, "bernoulli": ImageBernoulli}  # model.image_likelihood
+
+
 class ConvDecoder(nn.Module):
     """features -> image: a linear layer to the encoder's last feature map, then transposed
     convolutions that mirror the encoder's stages."""
@@ -349,9 +352,9 @@ class ConvDecoder(nn.Module):
     def __init__(self, feat_dim: int, obs_shape: tuple[int, int, int], encoder: ConvEncoder, likelihood: str = "mse"):
         super().__init__()
         self.obs_shape = obs_shape
-        if likelihood not in ("mse", "bernoulli"):
-            raise ValueError(f"image likelihood must be mse or bernoulli, got {likelihood!r}")
-        self.likelihood = ImageBernoulli if likelihood == "bernoulli" else ImageMSE
+        if likelihood not in IMAGE_LIKELIHOODS:
+            raise ValueError(f"image likelihood must be one of {', '.join(IMAGE_LIKELIHOODS)}, got {likelihood!r}")
+        self.likelihood = IMAGE_LIKELIHOODS[likelihood]
         self.start_shape = encoder.out_shape
         self.linear = nn.Linear(feat_dim, encoder.out_dim)
         layers: list[nn.Module] = []
