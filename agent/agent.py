@@ -17,7 +17,7 @@ from torch import Tensor
 import envs
 from agent import checkpoint, quantize
 from agent.behavior import ActorCritic
-from agent.config import Config, ConfigError, flatten, from_dict, kind_of_observation, make_config, parse_device
+from agent.config import Config, ConfigError, flatten, from_dict, kinds_of_observation, make_config, parse_device
 from agent.nets import use_bf16
 from agent.world_model import Latent, WorldModel
 
@@ -72,7 +72,7 @@ class Agent:
     @classmethod
     def from_config(cls, config: Config) -> Agent:
         """An untrained agent for a validated config, sized for its environment's spaces."""
-        return cls(config, *env_spaces(config))
+        return cls(config, *env_spaces(config)[:3])
 
     # --- acting -------------------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class Agent:
 
     def check_env(self, file: Path) -> None:
         """The checkpoint's environment must still have the spaces the networks were built for."""
-        obs_shape, action_dim, discrete = env_spaces(self.config)
+        obs_shape, action_dim, discrete, _ = env_spaces(self.config)
         if (obs_shape, action_dim, discrete) != (self.obs_shape, self.action_dim, self.discrete):
             kind = "discrete" if discrete else "continuous"
             raise checkpoint.CheckpointError(
@@ -226,17 +226,17 @@ def check_device(name: str) -> torch.device:
 def make_env_config(preset: str = "default", overrides: dict[str, Any] | None = None, **top: Any) -> Config:
     """`config.make_config` with the defaults that the environment's observations and actions choose
     (config.OBS_DEFAULTS, config.SPACE_DEFAULTS); the environment is made once to read its spaces."""
-    obs_shape, _, discrete = env_spaces(make_config(preset, overrides, **top))
+    obs_shape, _, discrete, binary = env_spaces(make_config(preset, overrides, **top))
     action_kind = "discrete" if discrete else "continuous"
-    observation_kind = kind_of_observation(obs_shape)
-    return make_config(preset, overrides, action_kind=action_kind, observation_kind=observation_kind, **top)
+    kinds = kinds_of_observation(obs_shape, binary)
+    return make_config(preset, overrides, action_kind=action_kind, observation_kinds=kinds, **top)
 
 
-def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool]:
-    """(observation shape, action vector size, discrete?) of the config's environment."""
+def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool, bool]:
+    """(observation shape, action vector size, discrete?, images of on/off cells?) of the config's environment."""
     env = envs.make(config.env_id, **config.env_options())
     try:
-        return env.observation_space.shape, *envs.action_info(env.action_space)
+        return env.observation_space.shape, *envs.action_info(env.action_space), envs.binary_image(env)
     finally:
         env.close()
 

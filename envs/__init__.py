@@ -178,7 +178,8 @@ class ChannelsFirst(gym.ObservationWrapper):
         # already. A tie is (H, W, C): MinAtar Seaquest's 10x10 frames have 10 channels.
         self.transpose = space.shape[-1] <= space.shape[0]
         shape = (space.shape[-1], *space.shape[:2]) if self.transpose else space.shape
-        self.scale = 255 if space.dtype == bool else 1
+        self.binary = space.dtype == bool
+        self.scale = 255 if self.binary else 1
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
 
     def observation(self, obs):
@@ -306,6 +307,15 @@ def make(
             space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
             env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32), space)
     return env
+
+
+def binary_image(env: gym.Env) -> bool:
+    """Whether an env from `make` shows images of cells that are only on or off (MinAtar's bool channels)."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, ChannelsFirst):
+            return env.binary
+        env = env.env
+    return False
 
 
 def make_vector(env_id: str, num_envs: int, mode: str = "sync", **options) -> gym.vector.VectorEnv:

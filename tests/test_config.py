@@ -73,23 +73,55 @@ def test_the_action_space_chooses_its_defaults_under_presets_and_overrides():
 
 
 def test_the_observation_kind_chooses_its_defaults_under_presets_and_overrides():
+    import envs
     from agent.agent import make_env_config
-    from agent.config import OBS_DEFAULTS, kind_of_observation
+    from agent.config import OBS_DEFAULTS, kinds_of_observation
 
     shapes = [(4,), (4, 10, 10), (3, 31, 64), (3, 32, 32), (3, 64, 64)]
-    kinds = ["vector", "small_image", "small_image", "image", "image"]
-    assert [kind_of_observation(shape) for shape in shapes] == kinds
+    kinds = [("vector",), ("small_image",), ("small_image",), ("image",), ("image",)]
+    assert [kinds_of_observation(shape) for shape in shapes] == kinds
+    assert kinds_of_observation((4, 10, 10), binary=True) == ("small_image", "binary_image")
+    assert kinds_of_observation((1, 64, 64), binary=True) == ("image", "binary_image")  # both kinds' defaults
     with pytest.raises(ValueError, match="not of shape"):
-        kind_of_observation((10, 10))
+        kinds_of_observation((10, 10))
     pixels = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels"})
     assert pixels.model.cnn_depth == OBS_DEFAULTS["image"]["model.cnn_depth"] != Config().model.cnn_depth
+    assert pixels.model.image_likelihood == Config().model.image_likelihood  # rendered frames are not binary
+    for obs in ("state", "pixels"):
+        env = envs.make("CartPole-v1", obs=obs)
+        assert not envs.binary_image(env)
+        env.close()
     assert pixels.actor_critic.gamma == make_env_config(env_id="CartPole-v1").actor_critic.gamma  # discrete still
     assert make_env_config(env_id="CartPole-v1").model.cnn_depth == Config().model.cnn_depth
-    assert make_config(observation_kind="small_image").model.cnn_depth == Config().model.cnn_depth  # MinAtar's
-    assert make_config(observation_kind="image").model.cnn_depth == pixels.model.cnn_depth  # the kind given by hand
-    assert make_config("large", observation_kind="image").model.cnn_depth == 32  # a preset that sets it wins
+    assert make_config(observation_kinds=("small_image",)).model.cnn_depth == Config().model.cnn_depth
+    assert make_config(observation_kinds=("image",)).model.cnn_depth == pixels.model.cnn_depth  # given by hand
+    assert make_config("large", observation_kinds=("image",)).model.cnn_depth == 32  # a preset that sets it wins
     overridden = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels", "model.cnn_depth": "32"})
     assert overridden.model.cnn_depth == 32
+    binary = make_config(observation_kinds=("image", "binary_image"))
+    assert binary.model.cnn_depth == OBS_DEFAULTS["image"]["model.cnn_depth"]
+    assert binary.model.image_likelihood == OBS_DEFAULTS["binary_image"]["model.image_likelihood"] != "mse"
+
+
+def test_minatar_frames_are_binary_images_and_choose_their_defaults():
+    pytest.importorskip("minatar")
+    import envs
+    from agent.agent import make_env_config
+    from agent.config import OBS_DEFAULTS
+
+    env = envs.make("MinAtar/Breakout-v1")
+    try:
+        assert envs.binary_image(env)
+    finally:
+        env.close()
+    minatar = make_env_config(env_id="MinAtar/Breakout-v1")
+    kinds = ("small_image", "binary_image")
+    assert minatar == make_config(observation_kinds=kinds, action_kind="discrete", env_id="MinAtar/Breakout-v1")
+    for key, value in OBS_DEFAULTS["binary_image"].items():
+        section, field = key.split(".")
+        assert getattr(getattr(minatar, section), field) == value
+    overridden = make_env_config(env_id="MinAtar/Breakout-v1", overrides={"model.image_likelihood": "mse"})
+    assert overridden.model.image_likelihood == "mse"  # --set wins
 
 
 def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_overrides():
@@ -100,7 +132,10 @@ def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_override
     assert dmc.train.train_ratio == SUITE_DEFAULTS["dm_control"]["train.train_ratio"]
     plain = make_config(env_id="Pendulum-v1", action_kind="continuous")
     assert (plain.action_repeat, plain.train.train_ratio) == (1, 64.0)
-    assert make_config(env_id="MinAtar/Breakout-v1").action_repeat == 1  # a namespace without defaults
+    assert make_config(env_id="MinAtar/Breakout-v1").action_repeat == 1  # not among MinAtar's defaults
+    minatar = make_config(env_id="MinAtar/Breakout-v1").actor_critic
+    assert (minatar.entropy, minatar.actor_lr, minatar.repeats) == (0.01, 3e-4, 2)
+    assert make_config(env_id="Other/Breakout-v1").actor_critic == Config().actor_critic  # a namespace without
     assert make_config("tiny", env_id="dm_control/walker-walk-v0").train.train_ratio == 8.0  # the preset wins
     overridden = make_config(env_id="dm_control/walker-walk-v0", overrides={"action_repeat": "1"})
     assert overridden.action_repeat == 1 and overridden.train.train_ratio == 128.0
