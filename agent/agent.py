@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -72,7 +72,8 @@ class Agent:
     @classmethod
     def from_config(cls, config: Config) -> Agent:
         """An untrained agent for a validated config, sized for its environment's spaces."""
-        return cls(config, *env_spaces(config)[:3])
+        spaces = env_spaces(config)
+        return cls(config, spaces.obs_shape, spaces.action_dim, spaces.discrete)
 
     # --- acting -------------------------------------------------------------------------------------
 
@@ -226,17 +227,26 @@ def check_device(name: str) -> torch.device:
 def make_env_config(preset: str = "default", overrides: dict[str, Any] | None = None, **top: Any) -> Config:
     """`config.make_config` with the defaults that the environment's observations and actions choose
     (config.OBS_DEFAULTS, config.SPACE_DEFAULTS); the environment is made once to read its spaces."""
-    obs_shape, _, discrete, binary = env_spaces(make_config(preset, overrides, **top))
-    action_kind = "discrete" if discrete else "continuous"
-    kinds = kinds_of_observation(obs_shape, binary)
+    spaces = env_spaces(make_config(preset, overrides, **top))
+    action_kind = "discrete" if spaces.discrete else "continuous"
+    kinds = kinds_of_observation(spaces.obs_shape, spaces.binary_image)
     return make_config(preset, overrides, action_kind=action_kind, observation_kinds=kinds, **top)
 
 
-def env_spaces(config: Config) -> tuple[tuple[int, ...], int, bool, bool]:
-    """(observation shape, action vector size, discrete?, images of on/off cells?) of the config's environment."""
+class EnvSpaces(NamedTuple):
+    """What the networks and the env-chosen defaults need to know of an environment."""
+
+    obs_shape: tuple[int, ...]
+    action_dim: int  # size of the action vector (one-hot for discrete actions)
+    discrete: bool
+    binary_image: bool  # images of cells that are only on or off (envs.binary_image)
+
+
+def env_spaces(config: Config) -> EnvSpaces:
+    """The spaces of the config's environment (made once, then closed)."""
     env = envs.make(config.env_id, **config.env_options())
     try:
-        return env.observation_space.shape, *envs.action_info(env.action_space), envs.binary_image(env)
+        return EnvSpaces(env.observation_space.shape, *envs.action_info(env.action_space), envs.binary_image(env))
     finally:
         env.close()
 

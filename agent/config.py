@@ -34,14 +34,16 @@ class ModelConfig:
     layers: int = 1  # hidden layers in the encoder, decoder and heads
     cnn_depth: int = 32  # channels of the first convolution (images), doubled at each stage; 32+ px: OBS_DEFAULTS
     # the decoder's likelihood of an image (vectors always use symlog squared error): mse (squared error in
-    # [-0.5, 0.5], DreamerV3's) or bernoulli (a Bernoulli per pixel, for binary cells such as MinAtar's)
+    # [-0.5, 0.5], DreamerV3's) or bernoulli (a Bernoulli per pixel, for binary cells such as MinAtar's: the
+    # default for images of on/off cells, OBS_DEFAULTS)
     image_likelihood: str = "mse"
     reward_bins: int = 63  # two-hot bins of the reward head (symlog space, [-20, 20])
     free_bits: float = 1.0  # nats of KL below which the dynamics/representation losses stop pulling
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
     rep_scale: float = 0.1  # weight of the representation loss (pulls the posterior to the prior)
     # weights of the reward and continuation losses (DreamerV3: 1 each, as the decoder's); their gradients are
-    # what shapes the representation towards rare events the decoder's cells say little about (README: MinAtar)
+    # what shapes the representation towards rare events the decoder's cells say little about (README: MinAtar;
+    # 10 each for images of on/off cells, OBS_DEFAULTS)
     reward_scale: float = 1.0
     cont_scale: float = 1.0  # weight of the continuation loss (see reward_scale)
     unimix: float = 0.01  # uniform mixture of the prior (and of categorical posteriors)
@@ -61,13 +63,14 @@ class ActorCriticConfig:
     horizon: int = 15  # imagined steps from every start state
     gamma: float = 0.985  # discount (the action space chooses it: SPACE_DEFAULTS)
     lam: float = 0.95  # lambda of the lambda-returns
-    entropy: float = 3e-4  # entropy bonus (returns are normalised, so one value fits many envs)
+    entropy: float = 3e-4  # entropy bonus, against normalised returns (MinAtar: 0.01, SUITE_DEFAULTS)
     # reinforce | dynamics (continuous only: the mean through the model, the std by REINFORCE) | auto
     # (reinforce for discrete actions, dynamics for continuous)
     actor_grad: str = "auto"
     starts: int = 256  # imagination start states per update, drawn from the replayed ones (0: all)
     # actor-critic gradient steps per update, each from its own draw of starts in the same replayed batch:
-    # more policy improvement per world-model step, for about a third more time each (README: MinAtar)
+    # more policy improvement per world-model step, for about a third more time each (MinAtar: 2,
+    # SUITE_DEFAULTS; README: MinAtar)
     repeats: int = 1
     critic_bins: int = 63  # two-hot bins of the critic
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic
@@ -80,7 +83,7 @@ class ActorCriticConfig:
     # of what it predicts, do not outweigh the entropy bonus when the returns hardly vary (README:
     # Exploration); spread: / max(1, P95 - P5), DreamerV3's
     return_scale: str = "magnitude"  # magnitude | spread
-    actor_lr: float = 1e-4  # Adam learning rate of the actor
+    actor_lr: float = 1e-4  # Adam learning rate of the actor (MinAtar: 3e-4, SUITE_DEFAULTS)
     critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
     eps: float = 1e-5  # Adam epsilon of the actor and the critic
     grad_clip: float = 100.0  # gradient-norm clip of the actor and of the critic

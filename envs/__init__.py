@@ -169,7 +169,7 @@ class FlattenDict(gym.ObservationWrapper):
 
 
 class ChannelsFirst(gym.ObservationWrapper):
-    """Image observations as (C, H, W) uint8; bool channels (MinAtar's) become 0 / 255."""
+    """Image observations as (C, H, W) uint8; bool channels (MinAtar's) become 0 / 255 (and `binary` says so)."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)

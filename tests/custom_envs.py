@@ -86,9 +86,27 @@ class FiveStepEpisodes(gym.Env):
         return np.zeros(3, np.float32), 1.0, self.t >= 5, False, {}
 
 
+class CellFrames(gym.Env):
+    """10x10 images with 3 channels laid out (H, W, C), as MinAtar's are: bool cells, or uint8 pixels."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, dtype=bool):
+        self.observation_space = gym.spaces.Box(0, 1, (10, 10, 3), dtype)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((10, 10, 3), self.observation_space.dtype), {}
+
+    def step(self, action):
+        return np.ones((10, 10, 3), self.observation_space.dtype), 0.0, True, False, {}
+
+
 gym.register("DictObservations-v0", entry_point=DictObservations)
 gym.register("DictWithImage-v0", entry_point=lambda: DictObservations(with_image=True))
 gym.register("DictContinuous-v0", entry_point=lambda: DictObservations(continuous=True))
 gym.register("NoFrames-v0", entry_point=NoFrames)
 gym.register("CountedFrames-v0", entry_point=CountedFrames)
 gym.register("FiveStepEpisodes-v0", entry_point=FiveStepEpisodes)
+gym.register("BoolCells-v0", entry_point=CellFrames)
+gym.register("ByteCells-v0", entry_point=lambda: CellFrames(np.uint8))

@@ -72,8 +72,7 @@ def test_the_action_space_chooses_its_defaults_under_presets_and_overrides():
     assert make_config(action_kind="continuous", env_id="Pendulum-v1") == continuous  # the spaces given by hand
 
 
-def test_the_observation_kind_chooses_its_defaults_under_presets_and_overrides():
-    import envs
+def test_the_observation_kinds_choose_their_defaults_under_presets_and_overrides():
     from agent.agent import make_env_config
     from agent.config import OBS_DEFAULTS, kinds_of_observation
 
@@ -87,10 +86,6 @@ def test_the_observation_kind_chooses_its_defaults_under_presets_and_overrides()
     pixels = make_env_config(env_id="CartPole-v1", overrides={"obs": "pixels"})
     assert pixels.model.cnn_depth == OBS_DEFAULTS["image"]["model.cnn_depth"] != Config().model.cnn_depth
     assert pixels.model.image_likelihood == Config().model.image_likelihood  # rendered frames are not binary
-    for obs in ("state", "pixels"):
-        env = envs.make("CartPole-v1", obs=obs)
-        assert not envs.binary_image(env)
-        env.close()
     assert pixels.actor_critic.gamma == make_env_config(env_id="CartPole-v1").actor_critic.gamma  # discrete still
     assert make_env_config(env_id="CartPole-v1").model.cnn_depth == Config().model.cnn_depth
     assert make_config(observation_kinds=("small_image",)).model.cnn_depth == Config().model.cnn_depth
@@ -103,25 +98,43 @@ def test_the_observation_kind_chooses_its_defaults_under_presets_and_overrides()
     assert binary.model.image_likelihood == OBS_DEFAULTS["binary_image"]["model.image_likelihood"] != "mse"
 
 
-def test_minatar_frames_are_binary_images_and_choose_their_defaults():
-    pytest.importorskip("minatar")
+def test_images_of_bool_cells_are_binary_images_and_choose_their_defaults():
     import envs
     from agent.agent import make_env_config
     from agent.config import OBS_DEFAULTS
 
-    env = envs.make("MinAtar/Breakout-v1")
-    try:
-        assert envs.binary_image(env)
-    finally:
-        env.close()
-    minatar = make_env_config(env_id="MinAtar/Breakout-v1")
+    for env_id, binary in [("custom_envs:BoolCells-v0", True), ("custom_envs:ByteCells-v0", False),
+                           ("CartPole-v1", False)]:  # fmt: skip
+        for obs in ("state", "pixels") if env_id == "CartPole-v1" else ("state",):
+            env = envs.make(env_id, obs=obs)
+            try:
+                assert envs.binary_image(env) == binary, (env_id, obs)
+            finally:
+                env.close()
+    cells = make_env_config(env_id="custom_envs:BoolCells-v0")
     kinds = ("small_image", "binary_image")
-    assert minatar == make_config(observation_kinds=kinds, action_kind="discrete", env_id="MinAtar/Breakout-v1")
+    assert cells == make_config(observation_kinds=kinds, action_kind="discrete", env_id="custom_envs:BoolCells-v0")
     for key, value in OBS_DEFAULTS["binary_image"].items():
         section, field = key.split(".")
-        assert getattr(getattr(minatar, section), field) == value
-    overridden = make_env_config(env_id="MinAtar/Breakout-v1", overrides={"model.image_likelihood": "mse"})
+        assert getattr(getattr(cells, section), field) == value
+    pixels = make_env_config(env_id="custom_envs:ByteCells-v0")
+    assert pixels.model == make_config(observation_kinds=("small_image",)).model == Config().model
+    overridden = make_env_config(env_id="custom_envs:BoolCells-v0", overrides={"model.image_likelihood": "mse"})
     assert overridden.model.image_likelihood == "mse"  # --set wins
+
+
+def test_a_saved_config_keeps_its_values_when_the_env_chosen_defaults_change(tmp_path):
+    """A checkpoint made before images of on/off cells had their own defaults loads with the values it was
+    trained with (squared error, loss weights 1), not with today's defaults."""
+    from agent.agent import Agent
+
+    before = {"image_likelihood": "mse", "reward_scale": 1.0, "cont_scale": 1.0}
+    old = Agent.create("custom_envs:BoolCells-v0", preset="tiny", model=before)
+    assert Agent.create("custom_envs:BoolCells-v0", preset="tiny").config.model.image_likelihood == "bernoulli"
+    old.save(tmp_path / "agent.safetensors")
+    loaded = Agent.load(tmp_path / "agent.safetensors")
+    assert loaded.config == old.config
+    assert loaded.config.model.image_likelihood == "mse" and loaded.config.model.reward_scale == 1.0
 
 
 def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_overrides():
@@ -135,7 +148,7 @@ def test_the_suite_of_the_env_id_chooses_its_defaults_under_presets_and_override
     assert make_config(env_id="MinAtar/Breakout-v1").action_repeat == 1  # not among MinAtar's defaults
     minatar = make_config(env_id="MinAtar/Breakout-v1").actor_critic
     assert (minatar.entropy, minatar.actor_lr, minatar.repeats) == (0.01, 3e-4, 2)
-    assert make_config(env_id="Other/Breakout-v1").actor_critic == Config().actor_critic  # a namespace without
+    assert make_config(env_id="Other/Breakout-v1").actor_critic == Config().actor_critic  # no suite defaults
     assert make_config("tiny", env_id="dm_control/walker-walk-v0").train.train_ratio == 8.0  # the preset wins
     overridden = make_config(env_id="dm_control/walker-walk-v0", overrides={"action_repeat": "1"})
     assert overridden.action_repeat == 1 and overridden.train.train_ratio == 128.0
