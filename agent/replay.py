@@ -140,8 +140,7 @@ class Replay:
             if end > total or (expected is not None and start != expected):
                 raise CheckpointError(f"{path}: replay chunk does not fit the checkpoint (steps {start}-{end})")
             try:
-                with np.load(path, allow_pickle=False) as chunk:  # noqa: TID251 (no pickles)
-                    steps = {key: chunk[key] for key in FIELDS}
+                steps = read_chunk(path)
             except (OSError, ValueError, KeyError) as error:
                 raise CheckpointError(f"{path}: unreadable replay chunk ({error})") from None
             if expected is None:
@@ -169,6 +168,12 @@ class Replay:
         index = (oldest + offset[:, None] + np.arange(seq_len)) % self.length  # (B, T)
         stream = self.rng.integers(0, self.streams, batch)[:, None]
         return {key: array[stream, index] for key, array in self.data.items()}
+
+
+def read_chunk(path: Path) -> dict[str, np.ndarray]:
+    """One chunk file's arrays (FIELDS, each (streams, steps, ...)); pickled objects are refused."""
+    with np.load(path, allow_pickle=False) as chunk:  # noqa: TID251 (no pickles)
+        return {key: chunk[key] for key in FIELDS}
 
 
 def chunk_files(folder: Path) -> list[tuple[int, int, Path]]:

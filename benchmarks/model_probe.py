@@ -29,15 +29,18 @@ import torch
 from agent import Agent
 from agent.checkpoint import CheckpointError, atomic_write_text
 from agent.nets import MLP, Bernoulli, TwoHot
-from agent.replay import chunk_files
+from agent.replay import chunk_files, read_chunk
 
 LIT = 128  # a cell counts as lit from half its range on (MinAtar's cells are 0 or 255)
 
 
 @torch.no_grad()
-def predict_chunk(agent: Agent, chunk: dict[str, np.ndarray], generator: torch.Generator) -> dict[str, np.ndarray]:
+def predict_chunk(
+    agent: Agent, chunk: dict[str, np.ndarray], generator: torch.Generator, decode: bool = True
+) -> dict[str, np.ndarray]:
     """The model's predictions along one replay chunk (streams B, steps T): reward and continuation (B, T),
-    the decoded observations (B, T, *obs_shape) and the features (B, T, F), each of that step's posterior."""
+    the features (B, T, F) and, with `decode`, the decoded observations (B, T, *obs_shape), each of that
+    step's posterior."""
     wm = agent.world_model
     device = wm.valid.device
     is_first = torch.as_tensor(chunk["is_first"], device=device).clone()
@@ -47,12 +50,14 @@ def predict_chunk(agent: Agent, chunk: dict[str, np.ndarray], generator: torch.G
         generator,
     )  # fmt: skip
     feat = post.latent.features()
-    return {
+    predicted = {
         "reward": wm.reward_dist(feat).mean().float().cpu().numpy(),
         "cont": wm.cont_dist(feat).mean().float().cpu().numpy(),
-        "obs": wm.decoder(feat).mean().cpu().numpy(),
         "features": feat.float().cpu().numpy(),
     }
+    if decode:
+        predicted["obs"] = wm.decoder(feat).mean().cpu().numpy()
+    return predicted
 
 
 def summarize(
@@ -93,16 +98,19 @@ def channel_recall(real: np.ndarray, decoded: np.ndarray) -> list[dict[str, floa
     return out
 
 
-def read_chunks(agent: Agent, paths: list[Path], seed: int) -> list[dict[str, np.ndarray]]:
-    """Each chunk's arrays with the model's predictions added under `pred_*`, its codes sampled from `seed` and
-    the chunk's first step: a chunk gets the same predictions whichever other chunks are read with it."""
+def read_chunks(
+    agent: Agent, files: list[tuple[int, int, Path]], seed: int, decode_from: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Each chunk's arrays (files as replay.chunk_files lists them) with the model's predictions added under
+    `pred_*`, its codes sampled from `seed` and the chunk's first step: a chunk gets the same predictions
+    whichever other chunks are read with it. Only chunks from index `decode_from` on are decoded (images are
+    the costly part, and only the newest chunks are summarized)."""
     chunks = []
-    for path in paths:
-        first_step = int(path.stem.partition("-")[0])
+    for i, (first_step, _, path) in enumerate(files):
         generator = torch.Generator(device=agent.world_model.valid.device).manual_seed(seed * 1_000_003 + first_step)
-        with np.load(path, allow_pickle=False) as data:  # noqa: TID251 (pickles refused)
-            chunk = {key: data[key] for key in data.files}
-        chunk.update({f"pred_{key}": value for key, value in predict_chunk(agent, chunk, generator).items()})
+        chunk = read_chunk(path)
+        predicted = predict_chunk(agent, chunk, generator, decode=i >= decode_from)
+        chunk.update({f"pred_{key}": value for key, value in predicted.items()})
         chunks.append(chunk)
     return chunks
 
@@ -206,10 +214,11 @@ def main() -> None:
     files = chunk_files(args.run / "replay")
     if len(files) < (args.chunks + 1 if args.refit else 1):
         raise SystemExit(f"error: {args.run / 'replay'} holds {len(files)} replay chunks, too few")
-    paths = [path for _, _, path in (files if args.refit else files[-args.chunks :])]
-    chunks = read_chunks(agent, paths, args.seed)
+    files = files if args.refit else files[-args.chunks :]
+    chunks = read_chunks(agent, files, args.seed, decode_from=len(files) - args.chunks)
     summary = {"run": str(args.run), "which": args.which, "env_id": agent.config.env_id,
-               "chunks": [p.name for p in paths[-args.chunks :]], **probe_chunks(chunks[-args.chunks :])}  # fmt: skip
+               "chunks": [path.name for _, _, path in files[-args.chunks :]],
+               **probe_chunks(chunks[-args.chunks :])}  # fmt: skip
     if args.refit:
         summary["refit"] = refit(agent, chunks, args.chunks, seed=args.seed)
     print(json.dumps(summary, indent=1))

@@ -179,14 +179,13 @@ class ChannelsFirst(gym.ObservationWrapper):
         self.transpose = space.shape[-1] <= space.shape[0]
         shape = (space.shape[-1], *space.shape[:2]) if self.transpose else space.shape
         self.binary = space.dtype == bool
-        self.scale = 255 if self.binary else 1
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
 
     def observation(self, obs):
         obs = np.asarray(obs)
         if self.transpose:
             obs = obs.transpose(2, 0, 1)
-        return (obs * self.scale).astype(np.uint8)
+        return (obs * 255 if self.binary else obs).astype(np.uint8)
 
 
 class ActionRepeat(gym.Wrapper):
@@ -310,12 +309,9 @@ def make(
 
 
 def binary_image(env: gym.Env) -> bool:
-    """Whether an env from `make` shows images of cells that are only on or off (MinAtar's bool channels)."""
-    while isinstance(env, gym.Wrapper):
-        if isinstance(env, ChannelsFirst):
-            return env.binary
-        env = env.env
-    return False
+    """Whether an env from `make` shows images of cells that are only on or off (MinAtar's bool channels):
+    `make` wraps image observations in ChannelsFirst last."""
+    return isinstance(env, ChannelsFirst) and env.binary
 
 
 def make_vector(env_id: str, num_envs: int, mode: str = "sync", **options) -> gym.vector.VectorEnv:

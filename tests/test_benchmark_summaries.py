@@ -159,7 +159,7 @@ def test_the_model_probe_reads_a_runs_replay_chunks(tmp_path):
     from model_probe import probe_chunks, read_chunks  # benchmarks/model_probe.py
 
     def probe_run(agent, paths):
-        return probe_chunks(read_chunks(agent, paths, seed=0))
+        return probe_chunks(read_chunks(agent, [(0, steps, path) for path in paths], seed=0))
 
     from agent import Agent
 
@@ -184,7 +184,8 @@ def test_the_model_probe_reads_a_runs_replay_chunks(tmp_path):
     assert probe_run(agent, [path, path]) == first  # codes sampled with a fixed seed
     other = tmp_path / "000000000012-000000000024.npz"
     np.savez(other, **chunk)
-    alone, after = read_chunks(agent, [path], seed=0)[0], read_chunks(agent, [other, path], seed=0)[1]
+    alone = read_chunks(agent, [(0, steps, path)], seed=0)[0]
+    after = read_chunks(agent, [(steps, 2 * steps, other), (0, steps, path)], seed=0)[1]
     assert np.array_equal(alone["pred_features"], after["pred_features"])  # a chunk's codes do not depend on others
 
 
@@ -210,9 +211,9 @@ def test_the_model_probe_refits_heads_that_catch_what_the_frames_determine(tmp_p
         action = np.eye(3, dtype=np.float32)[taken]
         chunks.append({"obs": obs, "action": action, "reward": reward, "is_first": first, "is_last": no,
                        "is_terminal": terminal})  # fmt: skip
-        paths.append(tmp_path / f"{i:012d}-{i + 1:012d}.npz")
-        np.savez(paths[-1], **chunks[-1])
-    result = refit(agent, read_chunks(agent, paths, seed=0), held_out=1, steps=300)
+        paths.append((i * 200, (i + 1) * 200, tmp_path / f"{i * 200:012d}-{(i + 1) * 200:012d}.npz"))
+        np.savez(paths[-1][2], **chunks[-1])
+    result = refit(agent, read_chunks(agent, paths, seed=0, decode_from=2), held_out=1, steps=300)
     assert result["train_steps"] == 2 * 198  # steps with a predecessor in their episode, in the two older chunks
     one_step = {key: value[:, :1] for key, value in chunks[0].items()}  # a chunk's steps may all lack a predecessor
     assert len(transitions([{**one_step, "pred_features": np.zeros((1, 1, 8), np.float32)}])["before"]) == 0
