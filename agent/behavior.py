@@ -3,7 +3,8 @@
 From every replayed posterior state the actor acts for `horizon` steps inside the model. The critic
 (a symlog two-hot distribution, regularised towards a slow EMA copy of itself) learns lambda-returns;
 the actor maximises returns normalised by the EMAs of their 5th and 95th percentiles (their range and,
-by default, their size: see ReturnNorm), with an entropy bonus; its output layer starts at zero, so the
+by default, their size: see ReturnNorm), with an entropy bonus (fixed, or adapted towards a target entropy:
+see EntropyCoefficient); its output layer starts at zero, so the
 policy starts at its largest entropy. Gradients for the actor: REINFORCE (discrete actions; the rollout
 itself needs no graph), or backpropagation through the imagined dynamics, i.e. through the
 straight-through codes, for the mean of a continuous policy, with REINFORCE for its std. The critic
@@ -15,6 +16,7 @@ Shape legend: H horizon, N start states, F features, A action dims.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +99,37 @@ class ReturnNorm(nn.Module):
         self.started.fill_(True)
 
 
+class EntropyCoefficient(nn.Module):
+    """The weight of the actor's entropy bonus: fixed at `initial` (target 0), or adapted towards a target
+    entropy, a fraction of the policy's largest (SAC's temperature). A fixed bonus that keeps one game
+    exploring keeps another's policy uniform: where the advantages are small (sparse rewards, returns
+    under the scale's floor of 1) the bonus outweighs them and the policy never commits (README: MinAtar).
+
+    After each actor step its log moves by RATE * (target - entropy / largest entropy), within
+    [LOWEST, HIGHEST]; like ReturnNorm, `next` computes the value and the trainer `commit`s it once the step
+    is known to be finite."""
+
+    RATE = 0.01  # a gap of 10% of the largest entropy changes the bonus e-fold in 1,000 actor steps
+    LOWEST, HIGHEST = 1e-5, 1.0  # at 1 the bonus outweighs any normalised advantage
+
+    def __init__(self, initial: float, target: float, largest_entropy: float):
+        super().__init__()
+        self.target, self.largest_entropy = target, largest_entropy
+        # only an adapted value is state (and in the checkpoint); a fixed one comes from the config
+        self.register_buffer("value", torch.tensor(float(initial)), persistent=target > 0)
+
+    def next(self, entropy: Tensor) -> Tensor:
+        """The value after an actor step whose policy had this mean entropy (nats)."""
+        if self.target == 0:
+            return self.value
+        gap = self.target - entropy.detach().float() / self.largest_entropy
+        return (self.value * torch.exp(self.RATE * gap)).clamp(self.LOWEST, self.HIGHEST)
+
+    @torch.no_grad()
+    def commit(self, value: Tensor) -> None:
+        self.value.copy_(value)
+
+
 class ActorCritic(nn.Module):
     def __init__(
         self,
@@ -117,6 +150,12 @@ class ActorCritic(nn.Module):
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("critic_grid", symlog_bins(cfg.critic_bins), persistent=False)
         self.return_norm = ReturnNorm(cfg.return_norm_decay, magnitude=cfg.return_scale == "magnitude")
+        if cfg.entropy_target > 0 and not discrete:
+            raise ConfigError(
+                "actor_critic.entropy_target needs discrete actions (a continuous policy's entropy has no largest "
+                "value to take a fraction of); set it to 0"
+            )
+        self.entropy_coef = EntropyCoefficient(cfg.entropy, cfg.entropy_target, math.log(action_dim))
         if discrete and cfg.actor_grad == "dynamics":
             raise ConfigError(
                 "actor_critic.actor_grad=dynamics needs continuous actions (discrete ones are sampled without a "
@@ -161,10 +200,11 @@ class ActorCritic(nn.Module):
 
     def loss(
         self, world_model: WorldModel, feats: Tensor, actions: Tensor, start_cont: Tensor
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
-        """(actor loss, critic loss, metrics, return statistics) for an imagined batch; start_cont (N,) is
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """(actor loss, critic loss, metrics, pending state) for an imagined batch; start_cont (N,) is
         1 - is_terminal of the real start states, whose trajectories carry no weight when they are terminal.
-        The return statistics are for `return_norm.commit` once the update is known to be finite."""
+        The pending state (the return statistics, the next entropy coefficient) is for `commit` once the
+        update is known to be finite."""
         cfg = self.cfg
         with batched_precision(feats.device, self.bf16):  # the heads over every imagined state
             # cast once for all five heads (autocast would cast the same values for each of them)
@@ -191,7 +231,7 @@ class ActorCritic(nn.Module):
             objective = returns / scale + policy.detached(loc=True).log_prob(actions.detach()) * advantage
         else:
             objective = policy.log_prob(actions.detach()) * advantage
-        actor_loss = -(weight * (objective + cfg.entropy * entropy)).mean()
+        actor_loss = -(weight * (objective + self.entropy_coef.value * entropy)).mean()
 
         # The critic's own loss: only the critic's parameters are updated with it (see trainer).
         dist = TwoHot(critic_logits[:-1], self.critic_grid)
@@ -200,12 +240,19 @@ class ActorCritic(nn.Module):
         ).mean()
         metrics = {
             "actor/entropy": entropy.mean().detach(),
+            "actor/entropy_coef": self.entropy_coef.value.clone(),
             "actor/return_scale": scale.detach(),
             "actor/imag_return": returns.mean().detach(),
             "actor/imag_reward": reward.mean().detach(),
             "actor/value": value.mean().detach(),
         }
-        return actor_loss, critic_loss, metrics, return_stats
+        pending = {"return_stats": return_stats, "entropy_coef": self.entropy_coef.next(entropy.mean())}
+        return actor_loss, critic_loss, metrics, pending
+
+    def commit(self, pending: dict[str, Tensor]) -> None:
+        """Store the state that a finite actor-critic step computed (see `loss`)."""
+        self.return_norm.commit(pending["return_stats"])
+        self.entropy_coef.commit(pending["entropy_coef"])
 
     def replay_value_loss(self, feats: Tensor, reward: Tensor, is_last: Tensor, is_terminal: Tensor) -> Tensor:
         """The critic's loss on the replayed sequences themselves (DreamerV3's replay value loss): lambda-returns

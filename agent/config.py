@@ -64,6 +64,10 @@ class ActorCriticConfig:
     gamma: float = 0.985  # discount (the action space chooses it: SPACE_DEFAULTS)
     lam: float = 0.95  # lambda of the lambda-returns
     entropy: float = 3e-4  # entropy bonus, against normalised returns (MinAtar: 0.01, SUITE_DEFAULTS)
+    # 0: the bonus stays at `entropy`. In (0, 1), discrete actions only: the bonus starts at `entropy` and
+    # adapts so that the policy's entropy stays near this fraction of its largest, ln(actions) (SAC's
+    # temperature): it falls while the policy is more random than that and rises while it is less
+    entropy_target: float = 0.0
     # reinforce | dynamics (continuous only: the mean through the model, the std by REINFORCE) | auto
     # (reinforce for discrete actions, dynamics for continuous)
     actor_grad: str = "auto"
@@ -501,6 +505,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.vector must be sync or async, got {t.vector!r}")
     if config.obs not in ("state", "pixels"):
         raise ConfigError(f"obs must be state or pixels, got {config.obs!r}")
+    if not 0 <= a.entropy_target < 1:
+        raise ConfigError(f"actor_critic.entropy_target must be in [0, 1), got {a.entropy_target}")
+    if a.entropy_target > 0 and not a.entropy > 0:
+        raise ConfigError("actor_critic.entropy_target adapts the bonus from actor_critic.entropy, which must be > 0")
     if a.return_scale not in ("spread", "magnitude"):
         raise ConfigError(f"actor_critic.return_scale must be spread or magnitude, got {a.return_scale!r}")
     if a.actor_grad not in ("auto", "reinforce", "dynamics"):

@@ -350,26 +350,24 @@ class Trainer:
         starts = Latent(post.latent.deter.detach().flatten(0, 1), post.latent.code.detach().flatten(0, 1))
         start_cont = 1.0 - batch["is_terminal"].flatten().float()
         post_feats = post.latent.features() if cfg.actor_critic.replay_value > 0 else None
-        actor_loss, critic_loss, metrics, return_stats, norms = self.actor_critic_step(
-            starts, start_cont, post_feats, batch
-        )
-        if not all_finite(wm_loss, wm_norm, actor_loss, critic_loss, return_stats, *norms):
+        actor_loss, critic_loss, metrics, pending, norms = self.actor_critic_step(starts, start_cont, post_feats, batch)
+        if not all_finite(wm_loss, wm_norm, actor_loss, critic_loss, *pending.values(), *norms):
             return self.reject_update()
         for optimizer in self.optimizers.values():
             optimizer.step()
         wm.quantizer.update(post.inputs, post.index, self.generator)
-        ac.return_norm.commit(return_stats)
+        ac.commit(pending)
         ac.update_slow_critic()
         for _ in range(cfg.actor_critic.repeats - 1):  # more actor-critic steps on the same batch
-            actor_loss_r, critic_loss_r, _, return_stats_r, norms_r = self.actor_critic_step(
+            actor_loss_r, critic_loss_r, _, pending_r, norms_r = self.actor_critic_step(
                 starts, start_cont, post_feats, batch
             )
-            if not all_finite(actor_loss_r, critic_loss_r, return_stats_r, *norms_r):
+            if not all_finite(actor_loss_r, critic_loss_r, *pending_r.values(), *norms_r):
                 self.nonfinite["total"] += 1  # the update itself is good and kept; its further steps are dropped
                 break
             self.optimizers["actor"].step()
             self.optimizers["critic"].step()
-            ac.return_norm.commit(return_stats_r)
+            ac.commit(pending_r)
             ac.update_slow_critic()
         self.nonfinite["in_a_row"] = 0
         self.counters["updates"] += 1
@@ -381,19 +379,19 @@ class Trainer:
 
     def actor_critic_step(
         self, starts: Latent, start_cont: torch.Tensor, post_feats: torch.Tensor | None, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
         """The actor's and the critic's losses from imagination out of a draw of `starts` (the replayed batch's
         posterior states, flattened, and whether each continues: start_cont (N,)), their gradients set and
         clipped (not yet applied). post_feats (B, T, F; None without a replay value loss) and batch feed the
-        replay value loss. Returns (actor loss, critic loss, metrics, the return statistics to commit, the two
-        gradient norms)."""
+        replay value loss. Returns (actor loss, critic loss, metrics, the state to commit (ActorCritic.loss), the
+        two gradient norms)."""
         agent, cfg = self.agent, self.agent.config
         wm, ac, device = agent.world_model, agent.actor_critic, agent.device
         if 0 < cfg.actor_critic.starts < len(start_cont):
             pick = torch.randperm(len(start_cont), generator=self.generator, device=device)[: cfg.actor_critic.starts]
             starts, start_cont = Latent(starts.deter[pick], starts.code[pick]), start_cont[pick]
         feats, actions = ac.imagine(wm, starts, self.generator)
-        actor_loss, critic_loss, metrics, return_stats = ac.loss(wm, feats, actions, start_cont)
+        actor_loss, critic_loss, metrics, pending = ac.loss(wm, feats, actions, start_cont)
         if cfg.actor_critic.replay_value > 0:
             replay_loss = ac.replay_value_loss(post_feats, batch["reward"], batch["is_last"], batch["is_terminal"])
             critic_loss = critic_loss + cfg.actor_critic.replay_value * replay_loss
@@ -407,7 +405,7 @@ class Trainer:
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.actor_critic.grad_clip))
-        return actor_loss, critic_loss, metrics, return_stats, norms
+        return actor_loss, critic_loss, metrics, pending, norms
 
     def reject_update(self) -> None:
         """Drop the gradients of an update whose losses or gradients were not finite, count it, and stop

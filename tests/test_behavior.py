@@ -1,12 +1,14 @@
-"""The actor-critic's pieces: the REINFORCE gradient, trajectory weights, the entropy term, return
-normalisation, the slow critic and the critic's loss on replayed sequences."""
+"""The actor-critic's pieces: the REINFORCE gradient, trajectory weights, the entropy term and its
+adapted coefficient, return normalisation, the slow critic and the critic's loss on replayed sequences."""
+
+import math
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from agent import Agent
-from agent.behavior import ActorCritic, ReturnNorm, replay_lambda_return, trajectory_weights
+from agent.behavior import ActorCritic, EntropyCoefficient, ReturnNorm, replay_lambda_return, trajectory_weights
 from agent.config import ConfigError, make_config
 
 
@@ -84,6 +86,82 @@ def test_with_nothing_to_gain_the_actor_loss_is_the_weighted_entropy_bonus():
     weights = trajectory_weights(torch.ones(5), torch.ones(3, 5), config.actor_critic.gamma)
     assert torch.allclose(actor_loss, -(weights * 0.1 * entropy).mean())
     assert torch.allclose(metrics["actor/entropy"], entropy.mean())
+
+
+def test_a_fixed_entropy_coefficient_never_moves_and_is_not_state():
+    coef = EntropyCoefficient(0.01, target=0.0, largest_entropy=math.log(3))
+    assert coef.next(torch.tensor(0.0)).item() == pytest.approx(0.01)
+    assert coef.next(torch.tensor(math.log(3))).item() == pytest.approx(0.01)
+    assert "value" not in coef.state_dict()  # checkpoints of fixed-bonus runs hold what they always held
+
+
+def test_the_adapted_coefficient_falls_above_the_target_entropy_rises_below_it_within_its_bounds():
+    largest = math.log(4)
+    coef = EntropyCoefficient(0.01, target=0.5, largest_entropy=largest)
+    assert "value" in coef.state_dict()
+    rate = EntropyCoefficient.RATE
+    above = coef.next(torch.tensor(0.9 * largest))  # more random than the target: less bonus
+    assert above.item() == pytest.approx(0.01 * math.exp(-0.4 * rate))
+    below = coef.next(torch.tensor(0.1 * largest))
+    assert below.item() == pytest.approx(0.01 * math.exp(0.4 * rate))
+    assert coef.value.item() == pytest.approx(0.01)  # nothing stored before commit
+    coef.commit(above)
+    assert coef.value.item() == pytest.approx(0.01 * math.exp(-0.4 * rate))
+    for _ in range(10_000):
+        coef.commit(coef.next(torch.tensor(largest)))
+    assert coef.value.item() == pytest.approx(EntropyCoefficient.LOWEST)
+    for _ in range(20_000):
+        coef.commit(coef.next(torch.tensor(0.0)))
+    assert coef.value.item() == pytest.approx(EntropyCoefficient.HIGHEST)
+    assert not torch.isfinite(coef.next(torch.tensor(float("nan"))))  # a bad step is caught before commit
+
+
+def test_the_actor_loss_weighs_the_entropy_with_the_current_coefficient_and_offers_the_next():
+    config = make_config("tiny", {"actor_critic.horizon": 3, "actor_critic.entropy": 0.1,
+                                  "actor_critic.entropy_target": 0.5})  # fmt: skip
+    torch.manual_seed(0)
+    ac = ActorCritic(3, 2, True, config.actor_critic, 16, 1)
+    ac.entropy_coef.commit(torch.tensor(0.2))
+    feats = torch.randn(4, 5, 3)
+    feats[..., 0] = 0.0  # no reward: the actor loss is the entropy bonus alone
+    actions = torch.nn.functional.one_hot(torch.randint(2, (3, 5)), 2).float()
+    actor_loss, _, metrics, pending = ac.loss(Bandit(), feats, actions, torch.ones(5))
+    entropy = ac.policy(feats[:-1]).entropy()
+    weights = trajectory_weights(torch.ones(5), torch.zeros(3, 5), config.actor_critic.gamma)
+    assert torch.allclose(actor_loss, -(weights * 0.2 * entropy).mean())
+    assert metrics["actor/entropy_coef"].item() == pytest.approx(0.2)
+    # the policy starts uniform (entropy ln 2, above the target of half of it): the next value is lower
+    assert pending["entropy_coef"].item() == pytest.approx(0.2 * math.exp(-0.5 * EntropyCoefficient.RATE), rel=1e-4)
+    ac.commit(pending)
+    assert ac.entropy_coef.value.item() == pytest.approx(pending["entropy_coef"].item())
+    assert torch.equal(ac.return_norm.low, pending["return_stats"][0])
+
+
+def test_the_adapted_coefficient_keeps_a_policy_near_its_target_where_one_action_pays():
+    ac, feats, actions = one_step_bandit(n=1000)  # action 0 pays 1: without a bonus the policy would commit to it
+    largest = math.log(2)
+    ac.entropy_coef = EntropyCoefficient(0.1, target=0.5, largest_entropy=largest)
+    optimizer = torch.optim.Adam(ac.actor.parameters(), lr=1e-2)
+    for _ in range(1500):
+        loss, _, _, pending = ac.loss(Bandit(), feats, actions, torch.ones(feats.shape[1]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ac.commit(pending)
+    entropy = ac.policy(feats[0, :1]).entropy().item()
+    assert 0.35 * largest < entropy < 0.65 * largest  # near the target, not committed
+    assert ac.entropy_coef.value.item() > 0.2  # the policy fell below the target on the way: the bonus rose
+
+
+def test_an_entropy_target_is_refused_for_continuous_actions_and_out_of_range():
+    config = make_config("tiny", {"actor_critic.entropy_target": 0.5})
+    with pytest.raises(ConfigError, match="entropy_target needs discrete actions"):
+        ActorCritic(3, 2, False, config.actor_critic, 16, 1)
+    for bad in ({"actor_critic.entropy_target": 1.0}, {"actor_critic.entropy_target": -0.1}):
+        with pytest.raises(ConfigError, match=r"entropy_target must be in \[0, 1\)"):
+            make_config("tiny", bad)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        make_config("tiny", {"actor_critic.entropy_target": 0.5, "actor_critic.entropy": 0.0})
 
 
 def test_return_norm_starts_at_the_first_batch_then_averages_and_floors_the_scale_at_one():

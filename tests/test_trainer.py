@@ -2,6 +2,7 @@
 get stuck or shared, Ctrl-C, threads."""
 
 import json
+import math
 import signal
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from agent import Agent, Trainer, TrainingInterrupted
+from agent.behavior import EntropyCoefficient
 from agent.config import ConfigError, make_config
 from agent.runs import RunFolderError, safe_name
 
@@ -43,6 +45,22 @@ def test_a_nonfinite_batch_changes_no_statistic_and_training_goes_on(monkeypatch
         assert trainer.update() is not None
     assert trainer.counters["updates"] == updates + 3 and trainer.nonfinite["in_a_row"] == 0
     assert torch.isfinite(norm.scale(torch.stack([norm.low, norm.high])))
+
+
+def test_the_adapted_entropy_coefficient_moves_with_good_updates_only_and_is_saved(monkeypatch, tmp_path):
+    trainer = ready(actor_critic={"entropy": 0.01, "entropy_target": 0.5, "repeats": 2})
+    coef = trainer.agent.actor_critic.entropy_coef
+    assert trainer.update() is not None  # two actor steps of a near-uniform policy: the bonus fell twice
+    assert 0.01 * math.exp(-2 * EntropyCoefficient.RATE * 0.5) * 0.9999 <= coef.value.item() < 0.01
+    before = coef.value.clone()
+    real_loss = trainer.agent.actor_critic.loss
+    monkeypatch.setattr(trainer.agent.actor_critic, "loss", lambda world_model, feats, actions, start_cont: real_loss(
+        world_model, feats * float("nan"), actions, start_cont))  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="skipped an update"):
+        assert trainer.update() is None
+    assert torch.equal(coef.value, before)
+    loaded = Agent.load(trainer.agent.save(tmp_path / "saved").parent)
+    assert torch.equal(loaded.actor_critic.entropy_coef.value, before)
 
 
 def adam_steps(optimizer: torch.optim.Optimizer) -> int:
