@@ -3,12 +3,12 @@
 From every replayed posterior state the actor acts for `horizon` steps inside the model. The critic
 (a symlog two-hot distribution, regularised towards a slow EMA copy of itself) learns lambda-returns;
 the actor maximises returns normalised by the EMAs of their 5th and 95th percentiles (their range and,
-by default, their size: see ReturnNorm), with an entropy bonus (fixed, or adapted towards a target entropy:
-see EntropyCoefficient); its output layer starts at zero, so the
-policy starts at its largest entropy. Gradients for the actor: REINFORCE (discrete actions; the rollout
-itself needs no graph), or backpropagation through the imagined dynamics, i.e. through the
-straight-through codes, for the mean of a continuous policy, with REINFORCE for its std. The critic
-also learns lambda-returns of the real rewards along the replayed sequences (`replay_value_loss`).
+by default, their size: see ReturnNorm), with an entropy bonus (fixed, or adapted towards a target
+entropy: see EntropyCoefficient); its output layer starts at zero, so the policy starts at its largest
+entropy. Gradients for the actor: REINFORCE (discrete actions; the rollout itself needs no graph), or
+backpropagation through the imagined dynamics, i.e. through the straight-through codes, for the mean of
+a continuous policy, with REINFORCE for its std. The critic also learns lambda-returns of the real
+rewards along the replayed sequences (`replay_value_loss`).
 
 Shape legend: H horizon, N start states, F features, A action dims.
 """
