@@ -2,9 +2,11 @@
 
 A grid is the product of env ids, quantizers, seeds and swept `--set key=v1,v2` values, with the same
 preset and fixed overrides for every run. Each run is a run folder `<sweep>/<name>` that `agent eval`,
-`watch`, `dream` and `train --resume` work on; `<sweep>/sweep.json` records the grid, so that running
-the same command again continues what is unfinished (from its checkpoints) and skips what is done,
-while a different grid in the same folder is refused.
+`watch`, `dream` and `train --resume` work on; `<sweep>/sweep.json` records the grid and every run's
+config, so that running the same command again continues what is unfinished (from its checkpoints) and
+skips what is done, while a different grid in the same folder is refused. Runs not yet begun train with
+their recorded configs too: a sweep continued by a later version, whose defaults changed, stays one
+experiment (the changed defaults are reported).
 
 Runs execute as Ray tasks (`ray.init()` on this machine by default, an existing cluster with
 `address`), `cpus_per_run` CPUs and as many torch threads each. Ray retries a task whose worker
@@ -141,9 +143,22 @@ def parse_seeds(text: str) -> list[int]:
     return values
 
 
-def open_sweep(folder: Path, grid: Grid) -> list[RunSpec]:
-    """Check every run's config and env id, then record the grid in `folder` (or check that it is the one
-    recorded there); returns the runs. Nothing is written if anything is wrong."""
+@dataclass
+class Sweep:
+    """An opened sweep: its runs and the config each trains with."""
+
+    folder: Path
+    grid: Grid
+    runs: list[RunSpec]
+    configs: dict[str, dict[str, Any]]  # run name -> its config, as recorded when the sweep began
+    # today's defaults that differ from the recorded configs, "key: recorded -> today" (empty for a new sweep)
+    changed_defaults: list[str] = field(default_factory=list)
+
+
+def open_sweep(folder: Path, grid: Grid) -> Sweep:
+    """Check every run's config and env id, then record the grid and the runs' configs in `folder` (or check
+    that the grid is the one recorded there, and take the configs recorded with it). Nothing is written
+    if anything is wrong."""
     folder = Path(folder)
     runs = grid.runs()
     if not runs:
@@ -153,9 +168,10 @@ def open_sweep(folder: Path, grid: Grid) -> list[RunSpec]:
         raise SweepError("two runs of the grid would share a folder name; give distinct values")
     for env_id in grid.env_ids:
         envs.registered_id(env_id)
+    configs = {}
     for run in runs:
         try:
-            grid.config(run)
+            configs[run.name] = grid.config(run).to_dict()
         except ConfigError as error:
             raise ConfigError(f"run {run.name}: {error}") from None
     record = folder / SWEEP_FILE
@@ -166,18 +182,44 @@ def open_sweep(folder: Path, grid: Grid) -> list[RunSpec]:
             raise SweepError(f"{record}: unreadable ({error})") from None
         if not isinstance(recorded, dict):
             raise SweepError(f"{record}: not a sweep's record")
+        recorded_configs = recorded.pop("configs", None)  # None: recorded by a version that kept none
         if recorded != grid.to_dict():
             changed = sorted(k for k in grid.to_dict() if recorded.get(k) != grid.to_dict()[k])
             raise SweepError(
                 f"{folder} holds a different sweep (it differs in {', '.join(changed)}); run it with its own "
                 f"options (see {record}) or choose another --dir"
             )
+        if recorded_configs is not None:
+            return recorded_sweep(folder, grid, runs, recorded_configs, configs)
     else:
         check_writable(folder)
         if folder.is_dir() and any(folder.iterdir()):
             raise SweepError(f"{folder} is not empty and holds no sweep; choose a new or empty --dir")
-        atomic_write_text(record, json.dumps(grid.to_dict(), indent=1))
-    return runs
+        atomic_write_text(record, json.dumps({**grid.to_dict(), "configs": configs}, indent=1))
+    return Sweep(folder, grid, runs, configs)
+
+
+def recorded_sweep(
+    folder: Path, grid: Grid, runs: list[RunSpec], recorded: Any, today: dict[str, dict[str, Any]]
+) -> Sweep:
+    """The sweep with the configs recorded when it began, and the defaults that differ from them today.
+    A key added since takes its default when the recorded config is read, so it counts as changed only
+    where an env-chosen default sets it otherwise."""
+    record = folder / SWEEP_FILE
+    if not isinstance(recorded, dict) or set(recorded) != set(today):
+        raise SweepError(f"{record}: its configs do not match its grid's runs")
+    changed = set()
+    for name, config in recorded.items():
+        try:
+            was = flatten(from_dict(config).to_dict())
+        except ConfigError as error:
+            raise SweepError(
+                f"{record}: run {name}'s recorded config no longer loads ({error}); continue the sweep with the "
+                "version it began with, or choose another --dir"
+            ) from None
+        now = flatten(today[name])
+        changed |= {f"{key}: {was.get(key)!r} -> {value!r}" for key, value in now.items() if was.get(key) != value}
+    return Sweep(folder, grid, runs, recorded, sorted(changed))
 
 
 def finished(folder: Path, run: RunSpec) -> bool:
@@ -257,20 +299,18 @@ def start_ray(ray: Any, address: str | None, cpus_per_run: int) -> None:
 
 
 def run_sweep(
-    folder: Path,
-    grid: Grid,
-    runs: list[RunSpec],
+    sweep: Sweep,
     address: str | None = None,
     cpus_per_run: int = 1,
     on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None,
     poll_seconds: float = 1.0,
 ) -> dict[str, dict[str, Any]]:
-    """Train every unfinished run of `runs` (from `open_sweep(folder, grid)`) on Ray; returns each run's
+    """Train every unfinished run of an opened sweep on Ray, each with its recorded config; returns each run's
     result by name (runs found finished are not started again). on_update(results so far) is called about
     every poll_seconds. A KeyboardInterrupt asks every run to stop at its next log line with a checkpoint
     and waits for them (their results say "stopped"); a second one cancels them at once and is raised."""
     ray = import_ray()
-    folder = Path(folder).resolve()  # Ray's workers do not share the driver's working folder
+    folder, runs = sweep.folder.resolve(), sweep.runs  # Ray's workers do not share the driver's working folder
     (folder / STOP_FILE).unlink(missing_ok=True)
     results = {run.name: {"status": "finished"} for run in runs if finished(folder, run)}
     todo = [run for run in runs if run.name not in results]
@@ -281,7 +321,7 @@ def run_sweep(
         start_ray(ray, address, cpus_per_run)
         task = ray.remote(train_run).options(num_cpus=cpus_per_run, max_retries=3)
         stop_file = str(folder / STOP_FILE)
-        refs = {task.remote(str(folder / run.name), grid.config(run).to_dict(), cpus_per_run, stop_file): run
+        refs = {task.remote(str(folder / run.name), sweep.configs[run.name], cpus_per_run, stop_file): run
                 for run in todo}  # fmt: skip
         pending = list(refs)
         while pending:

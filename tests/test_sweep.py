@@ -64,6 +64,34 @@ def test_running_the_same_sweep_again_starts_nothing_and_a_changed_grid_is_refus
     assert result.exit_code == 2 and len(lines) == 1 and "holds a different sweep (it differs in overrides)" in lines[0]
 
 
+def test_a_continued_sweep_keeps_the_configs_it_began_with_and_names_the_defaults_changed_since(swept, tmp_path):
+    folder = tmp_path / "grid"
+    shutil.copytree(swept[0], folder)
+    record = folder / "sweep.json"
+    data = json.loads(record.read_text())
+    name = "CartPole-v1-round-seed1"
+    assert data["configs"][name]["actor_critic"]["entropy"] == make_config("tiny").actor_critic.entropy
+    data["configs"][name]["actor_critic"]["entropy"] = 0.5  # as if an earlier version's default had been 0.5
+    data["configs"][name]["actor_critic"].pop("entropy_target")  # and it had not known this key yet
+    record.write_text(json.dumps(data))
+    grid = Grid.from_options(["CartPole-v1"], "categorical,round", "2", {}, 150, "tiny")
+    sweep = open_sweep(folder, grid)
+    assert sweep.configs[name]["actor_critic"]["entropy"] == 0.5  # a run not yet begun would train with it
+    assert sweep.changed_defaults == ["actor_critic.entropy: 0.5 -> 0.0003"]  # the new key takes its default
+    result = runner.invoke(app, [*SWEEP, "--dir", str(folder)])  # every run is finished: Ray never starts
+    assert result.exit_code == 0, result.output
+    assert "today's defaults differ in: actor_critic.entropy: 0.5 -> 0.0003" in " ".join(result.output.split())
+    data["configs"][name]["actor_critic"]["no_such_key"] = 1  # a key a later version removed
+    record.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"run {name}'s recorded config no longer loads"):
+        open_sweep(folder, grid)
+    del data["configs"]  # recorded by a version that kept no configs: today's are taken
+    record.write_text(json.dumps(data))
+    sweep = open_sweep(folder, grid)
+    assert sweep.configs[name] == grid.config(grid.runs()[3]).to_dict() and sweep.changed_defaults == []
+    assert json.loads(record.read_text()) == data  # and the record is left as it was
+
+
 def test_a_grid_with_a_bad_config_or_env_id_writes_nothing(tmp_path):
     grid = Grid(["CartPole-v1"], ["categorical"], [0], {"model.deter": ["16", "x"]}, "tiny", {})
     with pytest.raises(ValueError, match=r"model\.deter: expected int"):
