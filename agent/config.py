@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from agent import quantize
+from agent import nets, quantize
 
 
 class ConfigError(ValueError):
@@ -497,8 +497,10 @@ def validate(config: Config) -> None:
     for key, bins in {"model.reward_bins": m.reward_bins, "actor_critic.critic_bins": a.critic_bins}.items():
         if bins < 3:
             raise ConfigError(f"{key} must be >= 3, got {bins}")
-    if m.image_likelihood not in ("mse", "bernoulli"):
-        raise ConfigError(f"model.image_likelihood must be mse or bernoulli, got {m.image_likelihood!r}")
+    if m.image_likelihood not in nets.IMAGE_LIKELIHOODS:
+        raise ConfigError(
+            f"model.image_likelihood must be one of {', '.join(nets.IMAGE_LIKELIHOODS)}, got {m.image_likelihood!r}"
+        )
     if m.precision not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"model.precision must be auto, float32 or bfloat16, got {m.precision!r}")
     if t.vector not in ("sync", "async"):

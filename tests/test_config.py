@@ -33,7 +33,7 @@ def test_presets_and_overrides_apply_in_order_with_types():
         ({}, {"quantizer": "rund"}, "unknown 'rund'"),
         ({"train.steps": "-5"}, {}, "train.steps must be > 0"),
         ({"device": "gpu"}, {}, "device must be"),
-        ({"model.image_likelihood": "gaussian"}, {}, "model.image_likelihood must be mse or bernoulli"),
+        ({"model.image_likelihood": "gaussian"}, {}, "model.image_likelihood must be one of mse, bernoulli"),
         ({"model.free_bits": "nan"}, {}, "model.free_bits must be >= 0, got nan"),
         ({"model.reward_scale": "-1"}, {}, "model.reward_scale must be >= 0"),
     ],
