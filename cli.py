@@ -651,17 +651,17 @@ def sweep(
         check_positive(steps=steps, cpus_per_run=cpus_per_run)
         grid = Grid.from_options(env_ids or ["CartPole-v1"], quantizer, seeds, parse_overrides(set_ or []), steps,
                                  preset)  # fmt: skip
-        sweep = open_sweep(dir_, grid)  # every config and env id checked before anything starts
+        opened = open_sweep(dir_, grid)  # every config and env id checked before anything starts
         where = address or "this machine"
-        console.print(f"sweep of {len(sweep.runs)} runs in [cyan]{escape(str(dir_))}[/] on Ray ({escape(where)})")
-        if sweep.changed_defaults:
+        console.print(f"sweep of {len(opened.runs)} runs in [cyan]{escape(str(dir_))}[/] on Ray ({escape(where)})")
+        if opened.changed_defaults:
             console.print(f"its runs keep the configs recorded when it began; today's defaults differ in: "
-                          f"{'; '.join(sweep.changed_defaults)}", highlight=False, markup=False)  # fmt: skip
-        view = SweepView(dir_, sweep.runs)
+                          f"{'; '.join(opened.changed_defaults)}", highlight=False, markup=False)  # fmt: skip
+        view = SweepView(dir_, opened.runs)
         try:
             started = time.perf_counter()
             with Live(view, console=console, refresh_per_second=1, transient=not console.is_terminal):
-                results = run_sweep(sweep, address, cpus_per_run, on_update=view.update)
+                results = run_sweep(opened, address, cpus_per_run, on_update=view.update)
             wall = time.perf_counter() - started
         except KeyboardInterrupt:
             results = None

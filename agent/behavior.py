@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from agent.config import ActorCriticConfig, ConfigError
+from agent.config import ActorCriticConfig, ConfigError, check_action_kind
 from agent.nets import MLP, BoundedNormal, OneHotPolicy, TwoHot, batched_precision, symlog_bins
 from agent.world_model import Latent, WorldModel
 
@@ -110,7 +110,7 @@ class EntropyCoefficient(nn.Module):
     is known to be finite."""
 
     RATE = 0.01  # a gap of 10% of the largest entropy changes the bonus e-fold in 1,000 actor steps
-    LOWEST, HIGHEST = 1e-5, 1.0  # at 1 the bonus outweighs any normalised advantage
+    LOWEST, HIGHEST = 1e-5, 1.0  # at 1 the bonus outweighs the normalised advantages, mostly within [-1, 1]
 
     def __init__(self, initial: float, target: float, largest_entropy: float):
         super().__init__()
@@ -119,7 +119,8 @@ class EntropyCoefficient(nn.Module):
         self.register_buffer("value", torch.tensor(float(initial)), persistent=target > 0)
 
     def next(self, entropy: Tensor) -> Tensor:
-        """The value after an actor step whose policy had this mean entropy (nats)."""
+        """The value after an actor step whose policy had this mean entropy (nats) over the imagined states,
+        unweighted, as `actor/entropy` logs it: the target is what the logs show."""
         if self.target == 0:
             return self.value
         gap = self.target - entropy.detach().float() / self.largest_entropy
@@ -150,17 +151,10 @@ class ActorCritic(nn.Module):
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("critic_grid", symlog_bins(cfg.critic_bins), persistent=False)
         self.return_norm = ReturnNorm(cfg.return_norm_decay, magnitude=cfg.return_scale == "magnitude")
-        if cfg.entropy_target > 0 and not discrete:
-            raise ConfigError(
-                "actor_critic.entropy_target needs discrete actions (a continuous policy's entropy has no largest "
-                "value to take a fraction of); set it to 0"
-            )
+        check_action_kind(cfg, discrete)
+        if cfg.entropy_target > 0 and action_dim < 2:
+            raise ConfigError("actor_critic.entropy_target needs at least two actions to choose between; set it to 0")
         self.entropy_coef = EntropyCoefficient(cfg.entropy, cfg.entropy_target, math.log(action_dim))
-        if discrete and cfg.actor_grad == "dynamics":
-            raise ConfigError(
-                "actor_critic.actor_grad=dynamics needs continuous actions (discrete ones are sampled without a "
-                "gradient); use reinforce or auto"
-            )
         mode = cfg.actor_grad if cfg.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
         self.backprop = mode == "dynamics"
         # The imagined states in bf16 too (rollout products, one shared cast for the heads) only where no actor

@@ -412,7 +412,23 @@ def make_config(
     for key, value in {**observation, **space, **suite, **PRESETS[preset], **top, **(overrides or {})}.items():
         set_value(config, key, value)
     validate(config)
+    if action_kind is not None:
+        check_action_kind(config.actor_critic, discrete=action_kind == "discrete")
     return config
+
+
+def check_action_kind(a: ActorCriticConfig, discrete: bool) -> None:
+    """The actor-critic settings that one kind of action space rules out; ConfigError naming the key."""
+    if discrete and a.actor_grad == "dynamics":
+        raise ConfigError(
+            "actor_critic.actor_grad=dynamics needs continuous actions (discrete ones are sampled without a "
+            "gradient); use reinforce or auto"
+        )
+    if not discrete and a.entropy_target > 0:
+        raise ConfigError(
+            "actor_critic.entropy_target needs discrete actions (a continuous policy's entropy has no largest "
+            "value to take a fraction of); set it to 0"
+        )
 
 
 def flatten(nested: dict[str, Any]) -> dict[str, Any]:

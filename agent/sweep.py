@@ -150,7 +150,9 @@ class Sweep:
     folder: Path
     grid: Grid
     runs: list[RunSpec]
-    configs: dict[str, dict[str, Any]]  # run name -> its config, as recorded when the sweep began
+    # run name -> its config: as recorded when the sweep began, or today's where the record holds none (a sweep
+    # begun by a version that recorded no configs)
+    configs: dict[str, dict[str, Any]]
     # today's defaults that differ from the recorded configs, "key: recorded -> today" (empty for a new sweep)
     changed_defaults: list[str] = field(default_factory=list)
 
@@ -211,15 +213,21 @@ def recorded_sweep(
     changed = set()
     for name, config in recorded.items():
         try:
-            was = flatten(from_dict(config).to_dict())
+            was = from_dict(config).to_dict()
         except ConfigError as error:
             raise SweepError(
                 f"{record}: run {name}'s recorded config no longer loads ({error}); continue the sweep with the "
                 "version it began with, or choose another --dir"
             ) from None
-        now = flatten(today[name])
-        changed |= {f"{key}: {was.get(key)!r} -> {value!r}" for key, value in now.items() if was.get(key) != value}
+        changed |= {f"{key}: {a!r} -> {b!r}" for key, a, b in config_differences(was, today[name])}
     return Sweep(folder, grid, runs, recorded, sorted(changed))
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) for every flattened key where two configs (Config.to_dict) differ; a key
+    that only one of them has (a quantizer option) counts, with None on the other side."""
+    a, b = flatten(a), flatten(b)
+    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
 def finished(folder: Path, run: RunSpec) -> bool:
@@ -239,13 +247,12 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
         return {"status": "stopped"}
     if (path / "config.json").exists():
         try:  # compared as validated configs: a key added since the run began takes its default on both sides
-            found = flatten(from_dict({**RunFolder.read_config_of(path), "threads": threads}).to_dict())
+            found = from_dict({**RunFolder.read_config_of(path), "threads": threads}).to_dict()
         except ConfigError as error:
             return {"status": "failed", "error": f"{path / 'config.json'}: {error}"}
-        wanted = flatten(from_dict({**config, "threads": threads}).to_dict())
+        wanted = from_dict({**config, "threads": threads}).to_dict()
         # named, because a default that changed since the run began (a new version) differs too
-        differences = [f"{key}: {found.get(key)!r} there, {value!r} in the sweep"
-                       for key, value in wanted.items() if found.get(key) != value]  # fmt: skip
+        differences = [f"{key}: {a!r} there, {b!r} in the sweep" for key, a, b in config_differences(found, wanted)]
         if differences:
             error = f"{path} holds a run of another config ({'; '.join(differences)}); move it away"
             return {"status": "failed", "error": error}

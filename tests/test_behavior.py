@@ -153,10 +153,14 @@ def test_the_adapted_coefficient_keeps_a_policy_near_its_target_where_one_action
     assert ac.entropy_coef.value.item() > 0.2  # the policy fell below the target on the way: the bonus rose
 
 
-def test_an_entropy_target_is_refused_for_continuous_actions_and_out_of_range():
+def test_an_entropy_target_is_refused_for_continuous_actions_one_action_and_out_of_range():
     config = make_config("tiny", {"actor_critic.entropy_target": 0.5})
     with pytest.raises(ConfigError, match="entropy_target needs discrete actions"):
         ActorCritic(3, 2, False, config.actor_critic, 16, 1)
+    with pytest.raises(ConfigError, match="entropy_target needs discrete actions"):  # before anything is built
+        make_config("tiny", {"actor_critic.entropy_target": 0.5}, action_kind="continuous")
+    with pytest.raises(ConfigError, match="needs at least two actions"):  # ln 1 = 0: no fraction of it
+        ActorCritic(3, 1, True, config.actor_critic, 16, 1)
     for bad in ({"actor_critic.entropy_target": 1.0}, {"actor_critic.entropy_target": -0.1}):
         with pytest.raises(ConfigError, match=r"entropy_target must be in \[0, 1\)"):
             make_config("tiny", bad)
@@ -269,6 +273,8 @@ def test_the_gradient_through_the_dynamics_is_refused_for_discrete_actions():
     config = make_config("tiny", {"actor_critic.actor_grad": "dynamics"})
     with pytest.raises(ConfigError, match="needs continuous actions"):
         ActorCritic(3, 2, True, config.actor_critic, 16, 1)
+    with pytest.raises(ConfigError, match="needs continuous actions"):  # before anything is built
+        make_config("tiny", {"actor_critic.actor_grad": "dynamics"}, action_kind="discrete")
     ActorCritic(3, 2, False, config.actor_critic, 16, 1)  # continuous: its default
 
 

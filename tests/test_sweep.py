@@ -78,9 +78,11 @@ def test_a_continued_sweep_keeps_the_configs_it_began_with_and_names_the_default
     sweep = open_sweep(folder, grid)
     assert sweep.configs[name]["actor_critic"]["entropy"] == 0.5  # a run not yet begun would train with it
     assert sweep.changed_defaults == ["actor_critic.entropy: 0.5 -> 0.0003"]  # the new key takes its default
-    result = runner.invoke(app, [*SWEEP, "--dir", str(folder)])  # every run is finished: Ray never starts
+    shutil.rmtree(folder / name)  # that run has not begun: the sweep trains it with its recorded config
+    result = runner.invoke(app, [*SWEEP, "--dir", str(folder)])
     assert result.exit_code == 0, result.output
     assert "today's defaults differ in: actor_critic.entropy: 0.5 -> 0.0003" in " ".join(result.output.split())
+    assert read_run(folder / name).config["actor_critic"]["entropy"] == 0.5 and read_run(folder / name).env_steps == 150
     data["configs"][name]["actor_critic"]["no_such_key"] = 1  # a key a later version removed
     record.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=rf"run {name}'s recorded config no longer loads"):
@@ -88,7 +90,8 @@ def test_a_continued_sweep_keeps_the_configs_it_began_with_and_names_the_default
     del data["configs"]  # recorded by a version that kept no configs: today's are taken
     record.write_text(json.dumps(data))
     sweep = open_sweep(folder, grid)
-    assert sweep.configs[name] == grid.config(grid.runs()[3]).to_dict() and sweep.changed_defaults == []
+    run = next(run for run in grid.runs() if run.name == name)
+    assert sweep.configs[name] == grid.config(run).to_dict() and sweep.changed_defaults == []
     assert json.loads(record.read_text()) == data  # and the record is left as it was
 
 
