@@ -11,6 +11,10 @@ observations and actions choose), the child uses it, as `agent train` does:
 
     git worktree add /tmp/before 11ea4f6
     python benchmarks/update_speed.py --checkouts /tmp/before .
+
+`--set-before` / `--set-after KEY=VALUE` (repeatable) override one side's config, e.g. to time the same
+computation on both where the env-chosen defaults changed in between (MinAtar's since 3945b9c:
+`--set-after actor_critic.repeats=1 --set-after model.image_likelihood=mse`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ SETTINGS = {  # name -> (env id, observation mode)
 }
 
 
-def child(env_id: str, obs: str, repeats: int, warmup: int) -> None:
+def child(env_id: str, obs: str, repeats: int, warmup: int, overrides: dict[str, str]) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -42,7 +46,7 @@ def child(env_id: str, obs: str, repeats: int, warmup: int) -> None:
         from agent.agent import make_env_config as make_config
     except ImportError:
         from agent.config import make_config
-    config = make_config("default", {"obs": obs, "train.eval_every": 0}, env_id=env_id)
+    config = make_config("default", {"obs": obs, "train.eval_every": 0, **overrides}, env_id=env_id)
     agent = Agent.from_config(config)
     trainer = Trainer(agent)
     for _ in range(max(config.train.seq_len * 2, 300)):
@@ -58,11 +62,18 @@ def child(env_id: str, obs: str, repeats: int, warmup: int) -> None:
     print(json.dumps(result))
 
 
-def measure(checkout: Path, setting: str, args: argparse.Namespace) -> dict:
+def parse_sets(items: list[str]) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--set-before / --set-after expect KEY=VALUE, got {items}")
+    return dict(pairs)
+
+
+def measure(checkout: Path, setting: str, args: argparse.Namespace, overrides: dict[str, str]) -> dict:
     env_id, obs = SETTINGS[setting]
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve()), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, "--child", env_id, obs, "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup)]  # fmt: skip
+               "--warmup", str(args.warmup), "--overrides", json.dumps(overrides)]  # fmt: skip
     result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -75,10 +86,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/update-speed.json"))
+    for side in ("before", "after"):
+        parser.add_argument(f"--set-{side}", action="append", default=[], metavar="KEY=VALUE",
+                            help=f"a config override for the {side} checkout (repeatable)")  # fmt: skip
     parser.add_argument("--child", nargs=2, metavar=("ENV_ID", "OBS"), help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.repeats, args.warmup)
+        child(*args.child, args.repeats, args.warmup, json.loads(args.overrides))
         return
     from learning import code_commit  # benchmarks/; imported here, as the rest: the children need none of it
     from rich.console import Console
@@ -87,11 +102,12 @@ def main() -> None:
     from agent.checkpoint import atomic_write_text
 
     before, after = args.checkouts
+    sets_before, sets_after = parse_sets(args.set_before), parse_sets(args.set_after)
     rows = []
     for setting in args.settings:
         rounds = []
         for _ in range(args.rounds):
-            a, b = measure(before, setting, args), measure(after, setting, args)
+            a, b = measure(before, setting, args, sets_before), measure(after, setting, args, sets_after)
             ratio = a["median_ms"] / b["median_ms"]
             rounds.append({"before_ms": a["median_ms"], "after_ms": b["median_ms"], "ratio": ratio,
                            "before_world_model_parameters": a.get("world_model_parameters"),
