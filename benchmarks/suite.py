@@ -18,6 +18,9 @@ with a 95% bootstrap band; the published 100k scores as horizontal lines).
     python benchmarks/suite.py MinAtar
     python benchmarks/suite.py dm_control --runs <folder of one commit's runs> --peers benchmarks/results/suite \
         --out benchmarks/results/<name>   # this agent's runs of another commit beside the same peers
+    python benchmarks/suite.py MinAtar --runs benchmarks/results/minatar-bernoulli \
+        --match "learning-*-full-seed*.json" --peers benchmarks/results/suite \
+        --out benchmarks/results/suite-MinAtar-defaults   # the runs of MinAtar's own defaults, beside the same peers
 """
 
 from __future__ import annotations
@@ -42,18 +45,20 @@ def published_key(env_id: str) -> str:
     return "dmc_" + env_id.split("/")[-1].rsplit("-v", 1)[0].replace("-", "_")
 
 
-def load(folders: list[Path], prefix: str, peers: Path | None = None) -> dict[str, dict[str, list[dict]]]:
+def load(
+    folders: list[Path], prefix: str, peers: Path | None = None, match: str = "*.json"
+) -> dict[str, dict[str, list[dict]]]:
     """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm. Where `peers` is
     given, the peers' files are read from it and this agent's from `folders` only (runs of other
-    commits beside peers that were run once). SystemExit if the records of one env were not run on one
-    protocol (budget, evaluation spacing, action repeat) or hold a seed twice: the table would compare
-    unlike runs."""
+    commits beside peers that were run once), those whose names fit the glob `match`. SystemExit if the
+    records of one env were not run on one protocol (budget, evaluation spacing, action repeat) or hold a
+    seed twice: the table would compare unlike runs."""
     out: dict[str, dict[str, list[dict]]] = {}
     protocols: dict[str, dict[tuple, list[str]]] = {}
     files: dict[tuple[str, str, int], list[str]] = {}  # (env id, who, seed) -> the files holding it
-    sources = [(folder, ("agent",) if peers else ("agent", "peer")) for folder in folders]
-    sources += [(peers, ("peer",))] if peers else []
-    paths = [(path, kinds) for source, kinds in sources for path in sorted(source.glob("*.json"))]
+    sources = [(folder, match, ("agent",) if peers else ("agent", "peer")) for folder in folders]
+    sources += [(peers, "*.json", ("peer",))] if peers else []
+    paths = [(path, kinds) for source, pattern, kinds in sources for path in sorted(source.glob(pattern))]
     for path, kinds in paths:
         data = json.loads(path.read_text())
         if ("agent" if "seeds" in data else "peer") not in kinds:
@@ -189,10 +194,11 @@ def main() -> None:
     parser.add_argument("suite", help="env id prefix: dm_control, MinAtar")
     parser.add_argument("--runs", type=Path, nargs="+", default=[RESULTS / "suite"], help="folders of the runs' JSON")
     parser.add_argument("--peers", type=Path, default=None, help="the peers' JSON files from this folder instead")
+    parser.add_argument("--match", default="*.json", help="glob of the run files read from --runs (default: all)")
     parser.add_argument("--published", type=Path, default=RESULTS / "published-dmc_proprio-100k.json")
     parser.add_argument("--out", type=Path, default=None, help="path without suffix (default results/suite-<suite>)")
     args = parser.parse_args()
-    runs = load(args.runs, args.suite, args.peers)
+    runs = load(args.runs, args.suite, args.peers, args.match)
     if not runs:
         raise SystemExit(f"error: no runs of {args.suite!r} in {', '.join(map(str, args.runs))}")
     published = json.loads(args.published.read_text()) if args.published.is_file() else {}

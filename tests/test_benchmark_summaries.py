@@ -100,6 +100,11 @@ def test_the_suite_takes_this_agents_runs_from_one_folder_and_the_peers_from_ano
     assert [r["seed"] for r in runs["agent"]] == [0, 1] and [r["seed"] for r in runs["SAC"]] == [0]
     write(new, "p1.json", peer_file(1))  # a peer's file beside the agent's runs is not read
     assert len(suite.load([new], "dm_control", peers=old)["dm_control/walker-walk-v0"]["SAC"]) == 1
+    write(new, "other-a0.json", agent_file(0))  # another setting's run of seed 0, beside them
+    with pytest.raises(SystemExit, match="agent has seed 0 twice"):
+        suite.load([new], "dm_control", peers=old)
+    runs = suite.load([new], "dm_control", peers=old, match="a*.json")["dm_control/walker-walk-v0"]
+    assert [r["seed"] for r in runs["agent"]] == [0, 1] and len(runs["SAC"]) == 1  # the peers' files: all
 
 
 def test_the_suite_joins_this_agents_runs_from_several_folders_and_names_the_files_of_a_seed_held_twice(tmp_path):
