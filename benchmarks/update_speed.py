@@ -14,7 +14,8 @@ observations and actions choose), the child uses it, as `agent train` does:
 
 `--set-before` / `--set-after KEY=VALUE` (repeatable) override one side's config, e.g. to time the same
 computation on both where the env-chosen defaults changed in between (MinAtar's since 3945b9c:
-`--set-after actor_critic.repeats=1 --set-after model.image_likelihood=mse`).
+`--set-after actor_critic.repeats=1 --set-after model.image_likelihood=mse --set-after model.reward_scale=1
+--set-after model.cont_scale=1`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def measure(checkout: Path, setting: str, args: argparse.Namespace, overrides: d
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve()), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, "--child", env_id, obs, "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--overrides", json.dumps(overrides)]  # fmt: skip
-    result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+    if result.returncode != 0:  # e.g. an override that this checkout's config does not know
+        raise SystemExit(f"error: {checkout} {setting}: {result.stderr.strip().splitlines()[-1]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
