@@ -224,10 +224,11 @@ def recorded_sweep(
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value in a, value in b) for every flattened key where two configs (Config.to_dict) differ; a key
-    that only one of them has (a quantizer option) counts, with None on the other side."""
+    """(key, value in a, value in b) for every flattened key where two configs (Config.to_dict) differ, in the
+    config's order; a key that only one of them has (a quantizer option) counts, with None on the other side."""
     a, b = flatten(a), flatten(b)
-    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    keys = [*b, *(key for key in a if key not in b)]
+    return [(key, a.get(key), b.get(key)) for key in keys if a.get(key) != b.get(key)]
 
 
 def finished(folder: Path, run: RunSpec) -> bool:
