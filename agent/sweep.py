@@ -148,7 +148,6 @@ class Sweep:
     """An opened sweep: its runs and the config each trains with."""
 
     folder: Path
-    grid: Grid
     runs: list[RunSpec]
     # run name -> its config: as recorded when the sweep began, or today's where the record holds none (a sweep
     # begun by a version that recorded no configs)
@@ -192,18 +191,16 @@ def open_sweep(folder: Path, grid: Grid) -> Sweep:
                 f"options (see {record}) or choose another --dir"
             )
         if recorded_configs is not None:
-            return recorded_sweep(folder, grid, runs, recorded_configs, configs)
+            return recorded_sweep(folder, runs, recorded_configs, configs)
     else:
         check_writable(folder)
         if folder.is_dir() and any(folder.iterdir()):
             raise SweepError(f"{folder} is not empty and holds no sweep; choose a new or empty --dir")
         atomic_write_text(record, json.dumps({**grid.to_dict(), "configs": configs}, indent=1))
-    return Sweep(folder, grid, runs, configs)
+    return Sweep(folder, runs, configs)
 
 
-def recorded_sweep(
-    folder: Path, grid: Grid, runs: list[RunSpec], recorded: Any, today: dict[str, dict[str, Any]]
-) -> Sweep:
+def recorded_sweep(folder: Path, runs: list[RunSpec], recorded: Any, today: dict[str, dict[str, Any]]) -> Sweep:
     """The sweep with the configs recorded when it began, and the defaults that differ from them today.
     A key added since takes its default when the recorded config is read, so it counts as changed only
     where an env-chosen default sets it otherwise."""
@@ -220,7 +217,7 @@ def recorded_sweep(
                 "version it began with, or choose another --dir"
             ) from None
         changed |= {f"{key}: {a!r} -> {b!r}" for key, a, b in config_differences(was, today[name])}
-    return Sweep(folder, grid, runs, recorded, sorted(changed))
+    return Sweep(folder, runs, recorded, sorted(changed))
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:

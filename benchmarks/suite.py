@@ -51,9 +51,8 @@ def load(
     """{env id: {who: [one record per seed]}}; who is "agent" or the peer's algorithm. Where `peers` is
     given, the peers' files are read from it and this agent's from `folders` only (runs of other
     commits beside peers that were run once). Of `folders`, only the files whose names fit the glob
-    `match` are read. SystemExit if the
-    records of one env were not run on one protocol (budget, evaluation spacing, action repeat) or hold a
-    seed twice: the table would compare unlike runs."""
+    `match` are read. SystemExit if the records of one env were not run on one protocol (budget,
+    evaluation spacing, action repeat) or hold a seed twice: the table would compare unlike runs."""
     out: dict[str, dict[str, list[dict]]] = {}
     protocols: dict[str, dict[tuple, list[str]]] = {}
     files: dict[tuple[str, str, int], list[str]] = {}  # (env id, who, seed) -> the files holding it

@@ -63,13 +63,6 @@ def child(env_id: str, obs: str, repeats: int, warmup: int, overrides: dict[str,
     print(json.dumps(result))
 
 
-def parse_sets(items: list[str]) -> dict[str, str]:
-    pairs = [item.split("=", 1) for item in items]
-    if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit(f"--set-before / --set-after expect KEY=VALUE, got {items}")
-    return dict(pairs)
-
-
 def measure(checkout: Path, setting: str, args: argparse.Namespace, overrides: dict[str, str]) -> dict:
     env_id, obs = SETTINGS[setting]
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve()), "OMP_NUM_THREADS": "1"}
@@ -103,9 +96,13 @@ def main() -> None:
     from rich.table import Table
 
     from agent.checkpoint import atomic_write_text
+    from agent.config import ConfigError, parse_overrides
 
     before, after = args.checkouts
-    sets_before, sets_after = parse_sets(args.set_before), parse_sets(args.set_after)
+    try:
+        sets_before, sets_after = parse_overrides(args.set_before), parse_overrides(args.set_after)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
     rows = []
     for setting in args.settings:
         rounds = []
