@@ -70,7 +70,8 @@ def measure(checkout: Path, setting: str, args: argparse.Namespace, overrides: d
                "--warmup", str(args.warmup), "--overrides", json.dumps(overrides)]  # fmt: skip
     result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     if result.returncode != 0:  # e.g. an override that this checkout's config does not know
-        raise SystemExit(f"error: {checkout} {setting}: {result.stderr.strip().splitlines()[-1]}")
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]  # none if killed
+        raise SystemExit(f"error: {checkout} {setting}: {last}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
