@@ -229,8 +229,16 @@ class BoundedNormal:
         return self.loc
 
     def log_prob(self, action: Tensor) -> Tensor:
+        """Log-likelihood of clipped actions: the normal's density inside the box, and at a bound the log of the
+        mass clipped onto it (a censored normal). A score-function gradient needs the likelihood of what was
+        sampled: the density at a bound would take every clipped sample for one just at the bound, and the
+        std's score would then have a negative mean (about -0.4 / std at the initial policy, 26% of whose
+        samples are clipped), narrowing the std wherever advantages are positive on average."""
         z = (action - self.loc) / self.std
-        return (-0.5 * z**2 - self.std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        density = -0.5 * z**2 - self.std.log() - 0.5 * math.log(2 * math.pi)
+        above = torch.special.log_ndtr((self.loc - 1) / self.std)  # log P(sample >= 1)
+        below = torch.special.log_ndtr((-1 - self.loc) / self.std)  # log P(sample <= -1)
+        return torch.where(action >= 1, above, torch.where(action <= -1, below, density)).sum(-1)
 
     def entropy(self) -> Tensor:
         return (0.5 + 0.5 * math.log(2 * math.pi) + self.std.log()).sum(-1)

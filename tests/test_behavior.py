@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from agent import Agent
 from agent.behavior import ActorCritic, EntropyCoefficient, ReturnNorm, replay_lambda_return, trajectory_weights
 from agent.config import ConfigError, make_config
+from agent.nets import BoundedNormal
 
 
 class Mean:
@@ -207,6 +208,72 @@ def test_the_slow_critic_moves_towards_the_critic_by_one_minus_its_decay():
     for slow, before, fast in zip(ac.slow_critic.parameters(), slow_before, ac.critic.parameters(), strict=True):
         assert torch.allclose(slow, 0.75 * before + 0.25 * fast)
     assert not any(p.requires_grad for p in ac.slow_critic.parameters())
+
+
+def pre_activations(loc: float, std: float, dtype=torch.float32) -> torch.Tensor:
+    """The actor's outputs (2,) that BoundedNormal maps to this mean and std (its tanh and sigmoid inverted)."""
+    return torch.tensor([math.atanh(loc), math.log((std - 0.1) / (1.0 - std)) - 2.0], dtype=dtype)
+
+
+def bounded_normal_at(loc: float, std: float, n: int) -> tuple[BoundedNormal, torch.Tensor]:
+    """n copies of the bounded normal with this mean and std, and the (n, 2) pre-activations they come from
+    (a leaf: the gradient of each copy's log-likelihood lands in its own row)."""
+    out = pre_activations(loc, std).repeat(n, 1).requires_grad_()
+    policy = BoundedNormal(out)
+    assert torch.allclose(policy.loc, torch.tensor(loc)) and torch.allclose(policy.std, torch.tensor(std))
+    return policy, out
+
+
+def expectation_over_clipped_samples(loc: float, std: float, f, points: int = 200_001) -> torch.Tensor:
+    """E[f(clip(x))] for x ~ N(loc, std), f: actions (n,) -> (n, k), by quadrature: the normal's density over the
+    open box and the mass clipped onto each bound, computed with erfc (not with the class under test)."""
+    inside = torch.linspace(-1.0, 1.0, points, dtype=torch.float64)[1:-1]
+    density = torch.exp(-0.5 * ((inside - loc) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    at_upper, at_lower = (
+        0.5 * math.erfc((1 - loc) / (std * math.sqrt(2))),
+        0.5 * math.erfc((1 + loc) / (std * math.sqrt(2))),
+    )
+    values = f(torch.cat([inside, torch.tensor([1.0, -1.0], dtype=torch.float64)])).double()  # (points, k)
+    return (
+        torch.trapezoid(density[:, None] * values[:-2], inside, dim=0) + at_upper * values[-2] + at_lower * values[-1]
+    )
+
+
+def score(loc: float, std: float, actions: torch.Tensor) -> torch.Tensor:
+    """The gradient of log p(action) with respect to the policy's two pre-activations, per action: (n, 2)."""
+    policy, out = bounded_normal_at(loc, std, len(actions))
+    (grad,) = torch.autograd.grad(policy.log_prob(actions.float()[:, None]).sum(), out)
+    return grad
+
+
+# heavy clipping: the initial policy (loc 0, std 0.89: 26% of samples clipped), a mean near a bound
+LOCS_STDS = [(0.0, 0.89), (0.0, 0.3), (0.9, 0.3), (-0.95, 0.12), (0.5, 0.6)]
+
+
+@pytest.mark.parametrize(("loc", "std"), LOCS_STDS)
+def test_the_bounded_normal_score_has_zero_mean_over_its_clipped_samples(loc, std):
+    """A likelihood's score has mean zero under its own samples; with the density at a bound in place of
+    the clipped mass, the std's would be about -0.4 / std here and narrow the std where advantages are positive."""
+    mean_score = expectation_over_clipped_samples(loc, std, lambda a: score(loc, std, a))
+    assert mean_score.abs().max() < 1e-4, mean_score
+
+
+@pytest.mark.parametrize(("loc", "std"), LOCS_STDS)
+def test_reinforce_of_clipped_actions_equals_the_pathwise_gradient(loc, std):
+    """E[f(a) d log p(a)] (the score-function gradient) = d E[f(clip(loc + std * eps))] computed through the
+    clip by autograd (the reparameterised gradient, which never calls log_prob), for an asymmetric f."""
+
+    def f(a):
+        return (a - 0.3) ** 2 + a
+
+    reinforce = expectation_over_clipped_samples(loc, std, lambda a: f(a)[:, None] * score(loc, std, a))
+    eps = torch.linspace(-12.0, 12.0, 400_001, dtype=torch.float64)
+    out = pre_activations(loc, std, torch.float64).requires_grad_()
+    mean, std_param = torch.tanh(out[0]), 0.9 * torch.sigmoid(out[1] + 2.0) + 0.1  # BoundedNormal's own maps
+    weights = torch.exp(-0.5 * eps**2) / math.sqrt(2 * math.pi)
+    expected = torch.trapezoid(weights * f((mean + std_param * eps).clamp(-1, 1)), eps)
+    (pathwise,) = torch.autograd.grad(expected, out)
+    assert torch.allclose(reinforce, pathwise, atol=2e-4), (reinforce, pathwise)
 
 
 @pytest.mark.parametrize("discrete", [True, False])
