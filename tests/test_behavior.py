@@ -269,9 +269,9 @@ def test_reinforce_of_clipped_actions_equals_the_pathwise_gradient(loc, std):
     reinforce = expectation_over_clipped_samples(loc, std, lambda a: f(a)[:, None] * score(loc, std, a))
     eps = torch.linspace(-12.0, 12.0, 400_001, dtype=torch.float64)
     out = pre_activations(loc, std, torch.float64).requires_grad_()
-    mean, std_param = torch.tanh(out[0]), 0.9 * torch.sigmoid(out[1] + 2.0) + 0.1  # BoundedNormal's own maps
+    policy = BoundedNormal(out)  # its mean and std as functions of the pre-activations
     weights = torch.exp(-0.5 * eps**2) / math.sqrt(2 * math.pi)
-    expected = torch.trapezoid(weights * f((mean + std_param * eps).clamp(-1, 1)), eps)
+    expected = torch.trapezoid(weights * f((policy.loc + policy.std * eps).clamp(-1, 1)), eps)
     (pathwise,) = torch.autograd.grad(expected, out)
     assert torch.allclose(reinforce, pathwise, atol=2e-4), (reinforce, pathwise)
 
