@@ -227,3 +227,38 @@ def test_the_model_probe_refits_heads_that_catch_what_the_frames_determine(tmp_p
     frames = result["from_frames"]
     assert frames["reward_steps_caught"] > 0.9 and frames["terminal_steps_caught"] > 0.9
     assert frames["false_terminals"] < 0.05
+
+
+def test_update_speed_gives_each_checkout_only_its_own_overrides(tmp_path, monkeypatch):
+    import update_speed  # benchmarks/update_speed.py
+
+    calls = []
+
+    def fake_measure(checkout, setting, args, overrides):
+        calls.append((checkout.name, setting, overrides))
+        return {"median_ms": 100.0 if checkout.name == "old" else 50.0, "world_model_parameters": len(overrides)}
+
+    monkeypatch.setattr(update_speed, "measure", fake_measure)
+    out = tmp_path / "speed.json"
+    argv = ["update_speed.py", "--checkouts", str(tmp_path / "old"), str(tmp_path / "new"), "--settings", "cartpole",
+            "--rounds", "2", "--set-after", "model.deter=64", "--set-after", "actor_critic.repeats=1",
+            "--set-before", "model.cnn_depth=16", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    update_speed.main()
+    before = {"model.cnn_depth": "16"}
+    after = {"model.deter": "64", "actor_critic.repeats": "1"}
+    assert calls == [("old", "cartpole", before), ("new", "cartpole", after)] * 2  # alternating, A then B
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["speedup"] == 2.0 and row["before_ms"] == 100.0 and row["after_ms"] == 50.0
+    assert [r["after_world_model_parameters"] for r in row["rounds"]] == [2, 2]
+
+
+def test_update_speed_refuses_a_malformed_override(tmp_path, monkeypatch):
+    import update_speed
+
+    monkeypatch.setattr(update_speed, "measure", lambda *a: pytest.fail("measured despite a bad override"))
+    out = tmp_path / "x.json"
+    monkeypatch.setattr("sys.argv", ["update_speed.py", "--set-after", "model.deter", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        update_speed.main()
+    assert str(exit_info.value).startswith("error:") and not out.exists()
