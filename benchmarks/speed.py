@@ -178,6 +178,9 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
     wm_ms = median_ms(world_model_update, device, args.repeats)
     ac_ms = median_ms(actor_critic_update, device, args.repeats)
     imagine_ms = median_ms(imagine, device, args.repeats)
+    # the step as training takes it: replay sampling, the world model's and `repeats` actor-critic gradient
+    # steps with their optimiser steps (the parts above leave out all but one actor-critic step's gradients)
+    trainer_update_ms = median_ms(trainer.update, device, args.repeats)
     update_flops = flops(world_model_update) + flops(actor_critic_update)
     imagined = starts * config.actor_critic.horizon
     return {
@@ -193,6 +196,8 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         "world_model_ms": wm_ms,
         "actor_critic_ms": ac_ms,
         "update_ms": wm_ms + ac_ms,
+        "actor_critic_repeats": config.actor_critic.repeats,
+        "trainer_update_ms": trainer_update_ms,
         "update_gflop": update_flops / 1e9,
         "bf16": agent.world_model.bf16,
         "achieved_gflops": update_flops / ((wm_ms + ac_ms) / 1000) / 1e9,
@@ -262,13 +267,14 @@ def main() -> None:
         results.append(bench_preset(name, args))
         console.log(f"{name}: done")
     table = Table(title=f"{args.env} · {args.quantizer} · {args.device}")
-    for column in ("preset", "params", "batch", "imagination", "WM ms", "AC ms", "GFLOP", "GFLOP/s", "imag. steps/s",
-                   "act ms (1 / 8)", "env steps/s", "replay B/step"):  # fmt: skip
+    for column in ("preset", "params", "batch", "imagination", "WM ms", "AC ms", "update ms", "GFLOP", "GFLOP/s",
+                   "imag. steps/s", "act ms (1 / 8)", "env steps/s", "replay B/step"):  # fmt: skip
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             r["preset"], f"{sum(r['parameters'].values()) / 1e6:.2f}M", r["batch"], r["imagination"],
-            f"{r['world_model_ms']:.0f}", f"{r['actor_critic_ms']:.0f}", f"{r['update_gflop']:.1f}",
+            f"{r['world_model_ms']:.0f}", f"{r['actor_critic_ms']:.0f}",
+            f"{r['trainer_update_ms']:.0f} ({r['actor_critic_repeats']} AC)", f"{r['update_gflop']:.1f}",
             f"{r['achieved_gflops']:.0f}{' (bf16)' if r['bf16'] else ''}", f"{r['imagined_steps_per_s']:,.0f}",
             f"{r['acting_ms_batch1']:.2f} / {r['acting_ms_batch8']:.2f}",
             f"{r['end_to_end_env_steps_per_s']:.1f}" if r["end_to_end_env_steps_per_s"] else "—",
