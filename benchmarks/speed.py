@@ -195,7 +195,7 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         },
         "world_model_ms": wm_ms,
         "actor_critic_ms": ac_ms,
-        "update_ms": wm_ms + ac_ms,
+        "update_ms": wm_ms + ac_ms,  # the parts, one actor-critic step (older results too); whole: trainer_update_ms
         "actor_critic_repeats": config.actor_critic.repeats,
         "trainer_update_ms": trainer_update_ms,
         "update_gflop": update_flops / 1e9,
