@@ -10,6 +10,7 @@ Writes JSON and prints a rich summary. Runs the seeds one after another (2 cores
     python benchmarks/learning.py --quantizer round --seeds 3 --steps 15000
     python benchmarks/learning.py --env Pendulum-v1 --steps 30000 --threshold -300
     python benchmarks/learning.py --ppo          # and SB3 PPO side by side (pip install -e ".[bench]")
+    python benchmarks/learning.py <same options> --resume runs/benchmarks/<run>  # go on with a stopped run
 
 With --ppo, Stable-Baselines3's PPO with rl-baselines3-zoo's tuned CartPole-v1 settings runs on the
 same seeds and the same evaluation protocol (10 deterministic episodes on fresh seeds every 1,000
@@ -35,23 +36,41 @@ import envs
 from agent import Agent, Trainer, evaluate
 from agent.agent import make_env_config
 from agent.checkpoint import atomic_write_text
-from agent.config import parse_overrides
+from agent.config import Config, ConfigError, from_dict, parse_overrides
 from agent.evaluate import evaluation_seed
-from agent.runs import safe_name
+from agent.runs import RunFolder, RunFolderError, read_metrics, safe_name
+from agent.sweep import config_differences
 from agent.trainer import set_threads
 
 FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its evaluations
 
 
-def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
+def seed_config(args: argparse.Namespace, seed: int) -> Config:
     overrides = parse_overrides(args.set)
     overrides.update({"train.steps": args.steps, "train.eval_every": args.eval_every})
-    config = make_env_config(
+    return make_env_config(
         args.preset, overrides, env_id=args.env, quantizer=args.quantizer, seed=seed, threads=args.threads
     )
-    run_dir = (
-        args.runs / f"{safe_name(args.env)}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+
+
+def resumable_seed(args: argparse.Namespace, run_dir: Path) -> int:
+    """The seed of a run folder that this command began (a session that ended, a killed process).
+    SystemExit if it is not a run, or was run with another config (another command or version)."""
+    try:
+        found = RunFolder.read_config_of(run_dir)
+        seed = int(found["seed"])
+        found = from_dict({**found, "threads": args.threads}).to_dict()
+    except (RunFolderError, ConfigError, KeyError, TypeError, ValueError) as error:
+        raise SystemExit(f"--resume {run_dir}: not a run folder of this version ({error})") from None
+    differences = config_differences(found, seed_config(args, seed).to_dict())
+    if differences:
+        named = "; ".join(f"{key}: {a!r} there, {b!r} here" for key, a, b in differences)
+        raise SystemExit(f"--resume {run_dir}: that run was not begun by this command ({named})")
+    return seed
+
+
+def run_seed(args: argparse.Namespace, seed: int, console: Console, resume: Path | None = None) -> dict:
+    """Train one seed to args.steps (or go on with the run folder `resume` from its last checkpoint)."""
     curve: list[dict] = []
     update_ms: list[float] = []
 
@@ -63,10 +82,19 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
             step, value, seconds = line["step"], line["eval_return_mean"], line["time/seconds"]
             console.log(f"seed {seed}: step {step:>7,}  eval {value:8.1f}  {seconds:7.1f} s")
 
-    start = time.perf_counter()
-    with Trainer(Agent.from_config(config), run_dir) as trainer:
+    if resume is None:
+        name = f"{safe_name(args.env)}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.runs / name
+        trainer = Trainer(Agent.from_config(seed_config(args, seed)), run_dir)
+    else:
+        run_dir = resume
+        trainer = Trainer.resume(run_dir, {"threads": args.threads})
+        for line in read_metrics(run_dir):  # the evaluations before its checkpoint (resume cut the later ones)
+            on_log(line)
+    with trainer:
         trainer.learn(on_log=on_log)
-    seconds = time.perf_counter() - start
+    config = trainer.agent.config
+    seconds = trainer.seconds_before  # the run's whole training time, over every process that trained it
     reached = next((point for point in curve if point["return"] >= args.threshold), None)
     fresh = evaluate(Agent.load(run_dir, which="best"), 10, FRESH_SEED)
     return {
@@ -86,7 +114,9 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         "update_ms_median": statistics.median(update_ms) if update_ms else None,  # of the metric lines' means
         "config": {"action_repeat": config.action_repeat, "train_ratio": config.train.train_ratio},
         "nonfinite_updates": trainer.nonfinite["total"],
-        # the process's peak so far (seeds run one after another, so later seeds include earlier ones)
+        "resumes": trainer.resumes,  # processes that went on from a checkpoint (the curve is one run's all the same)
+        # the process's peak so far (seeds run one after another, so later seeds include earlier ones; a resumed
+        # run's, this process's)
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "curve": curve,
     }
@@ -191,13 +221,25 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"), help="where the runs are written")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="run folders this same command began: go on from their last checkpoints (not --seeds)",
+    )
     parser.add_argument("--ppo", action="store_true", help="also run SB3 PPO (tuned CartPole settings) side by side")
     parser.add_argument("--ppo-steps", type=int, default=100_000, help="PPO's budget if it never reaches the threshold")
     args = parser.parse_args()
     set_threads(args.threads)  # PPO's torch too
     out = args.out or Path("benchmarks/results") / f"learning-{safe_name(args.env)}-{args.quantizer}-{args.preset}.json"
     console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
-    results = [run_seed(args, seed, console) for seed in args.seeds]
+    if args.resume:
+        jobs = [(resumable_seed(args, run_dir), run_dir) for run_dir in args.resume]
+        args.seeds = [seed for seed, _ in jobs]
+    else:
+        jobs = [(seed, None) for seed in args.seeds]
+    results = [run_seed(args, seed, console, run_dir) for seed, run_dir in jobs]
     console.print(summary_table(args, results))
     reached = [r for r in results if r["steps_to_threshold"] is not None]
     summary = {

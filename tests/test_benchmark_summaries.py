@@ -1,6 +1,8 @@
 """The benchmark scripts' summaries: what a closing note quotes must not hide failed seeds or compare unlike runs."""
 
+import argparse
 import importlib.util
+import io
 import json
 import re
 import shutil
@@ -11,8 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import suite  # benchmarks/suite.py (benchmarks/ is on pytest's path)
-from learning import code_commit, median_to_threshold  # benchmarks/learning.py
+from learning import code_commit, median_to_threshold, resumable_seed, run_seed, seed_config  # benchmarks/learning.py
 from peers import last_fifth_mean  # benchmarks/peers.py: the window both the agent's and the peers' scores use
+from rich.console import Console
+
+from agent import Agent, Trainer
+from agent.runs import read_metrics
 
 
 def test_a_seed_that_never_reached_the_threshold_counts_as_never():
@@ -28,6 +34,29 @@ def test_the_score_is_the_mean_over_the_last_fifth_of_the_budget_whatever_the_ev
     assert last_fifth_mean(every_3k, 100_000) == statistics.mean(range(81_000, 100_000, 3000))  # 7 points from 81k
     every_5k = [{"step": step, "return": float(step)} for step in range(5000, 100_001, 5000)]
     assert last_fifth_mean(every_5k, 100_000) == statistics.mean([85_000, 90_000, 95_000, 100_000])
+
+
+def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_command_that_began_it(tmp_path):
+    args = argparse.Namespace(env="CartPole-v1", quantizer="categorical", preset="tiny", steps=400, eval_every=100,
+                              threshold=1e9, threads=1, set=["train.prefill=50"], runs=tmp_path)  # fmt: skip
+    run_dir = tmp_path / "stopped"
+    with Trainer(Agent.from_config(seed_config(args, 3)), run_dir) as trainer:
+        trainer.learn(steps=200)  # a session that ended half-way, after its checkpoint
+    before = [line["step"] for line in read_metrics(run_dir) if "eval_return_mean" in line]
+    assert before and before[-1] == 200
+
+    assert resumable_seed(args, run_dir) == 3
+    result = run_seed(args, 3, Console(file=io.StringIO()), run_dir)
+    steps = [point["step"] for point in result["curve"]]
+    assert steps[: len(before)] == before and steps[-1] == 400 and steps == sorted(set(steps))
+    assert (result["resumes"], result["env_steps"], result["seed"]) == (1, 400, 3)
+    assert result["seconds"] >= result["curve"][-1]["seconds"] > result["curve"][len(before) - 1]["seconds"]
+
+    other = argparse.Namespace(**{**vars(args), "set": ["train.prefill=50", "model.deter=64"]})
+    with pytest.raises(SystemExit, match=re.escape("model.deter: 32 there, 64 here")):
+        resumable_seed(other, run_dir)
+    with pytest.raises(SystemExit, match="not a run folder"):
+        resumable_seed(args, tmp_path / "nothing here")
 
 
 def test_a_learning_figure_names_the_commit_that_produced_it():
