@@ -253,8 +253,7 @@ def main() -> None:
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
     console.print(summary)
-    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "commit": code_commit(), "summary": summary, "seeds": results}  # fmt: skip
+    payload = {"args": vars(args), "commit": code_commit(), "summary": summary, "seeds": results}
     if args.ppo:
         ppo = [run_ppo(args, seed, console) for seed in args.seeds]
         side = {
@@ -279,7 +278,7 @@ def main() -> None:
         console.print(table)
         console.print(side)
         payload["ppo"] = {"settings": PPO_CARTPOLE, "seeds": ppo, "summary": side}
-    atomic_write_text(out, json.dumps(payload, indent=1))
+    atomic_write_text(out, json.dumps(payload, indent=1, default=str))  # paths (--runs, --resume) as text
     console.print(f"wrote {out}")
 
 

@@ -8,12 +8,14 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import suite  # benchmarks/suite.py (benchmarks/ is on pytest's path)
 from learning import code_commit, median_to_threshold, resumable_seed, run_seed, seed_config  # benchmarks/learning.py
+from learning import main as learning_main
 from peers import last_fifth_mean  # benchmarks/peers.py: the window both the agent's and the peers' scores use
 from rich.console import Console
 
@@ -36,7 +38,9 @@ def test_the_score_is_the_mean_over_the_last_fifth_of_the_budget_whatever_the_ev
     assert last_fifth_mean(every_5k, 100_000) == statistics.mean([85_000, 90_000, 95_000, 100_000])
 
 
-def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_command_that_began_it(tmp_path):
+def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_command_that_began_it(
+    tmp_path, monkeypatch
+):
     args = argparse.Namespace(env="CartPole-v1", quantizer="categorical", preset="tiny", steps=400, eval_every=100,
                               threshold=1e9, threads=1, set=["train.prefill=50"], runs=tmp_path)  # fmt: skip
     run_dir = tmp_path / "stopped"
@@ -51,6 +55,16 @@ def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_co
     assert steps[: len(before)] == before and steps[-1] == 400 and steps == sorted(set(steps))
     assert (result["resumes"], result["env_steps"], result["seed"]) == (1, 400, 3)
     assert result["seconds"] >= result["curve"][-1]["seconds"] > result["curve"][len(before) - 1]["seconds"]
+
+    # the command line: a finished run goes on to nothing, and its JSON is written again
+    out = tmp_path / "again.json"
+    command = ["learning.py", "--env", "CartPole-v1", "--preset", "tiny", "--steps", "400", "--eval-every", "100",
+               "--set", "train.prefill=50", "--resume", str(run_dir), "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", command)
+    learning_main()
+    written = json.loads(out.read_text())
+    assert written["args"]["resume"] == [str(run_dir)] and written["args"]["seeds"] == [3]
+    assert [point["step"] for point in written["seeds"][0]["curve"]] == steps and written["seeds"][0]["resumes"] == 2
 
     other = argparse.Namespace(**{**vars(args), "set": ["train.prefill=50", "model.deter=64"]})
     with pytest.raises(SystemExit, match=re.escape("model.deter: 32 there, 64 here")):
