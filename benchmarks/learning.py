@@ -35,7 +35,7 @@ from rich.table import Table
 import envs
 from agent import Agent, Trainer, evaluate
 from agent.agent import make_env_config
-from agent.checkpoint import atomic_write_text
+from agent.checkpoint import CheckpointError, atomic_write_text
 from agent.config import Config, ConfigError, from_dict, parse_overrides
 from agent.evaluate import evaluation_seed
 from agent.runs import RunFolder, RunFolderError, read_metrics, safe_name
@@ -88,7 +88,10 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console, resume: Path
         trainer = Trainer(Agent.from_config(seed_config(args, seed)), run_dir)
     else:
         run_dir = resume
-        trainer = Trainer.resume(run_dir, {"threads": args.threads})
+        try:
+            trainer = Trainer.resume(run_dir, {"threads": args.threads})
+        except (RunFolderError, CheckpointError, ConfigError) as error:  # a run in use elsewhere, a corrupt checkpoint
+            raise SystemExit(f"--resume {run_dir}: {error}") from None
         for line in read_metrics(run_dir):  # the evaluations before its checkpoint (resume cut the later ones)
             on_log(line)
     with trainer:

@@ -71,6 +71,9 @@ def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_co
         resumable_seed(other, run_dir)
     with pytest.raises(SystemExit, match="not a run folder"):
         resumable_seed(args, tmp_path / "nothing here")
+    (run_dir / "checkpoints" / "last.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=re.escape(f"--resume {run_dir}: ")):
+        run_seed(args, 3, Console(file=io.StringIO()), run_dir)
 
 
 def test_a_learning_figure_names_the_commit_that_produced_it():
