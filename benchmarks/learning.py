@@ -36,10 +36,10 @@ import envs
 from agent import Agent, Trainer, evaluate
 from agent.agent import make_env_config
 from agent.checkpoint import CheckpointError, atomic_write_text
-from agent.config import Config, ConfigError, from_dict, parse_overrides
+from agent.config import Config, ConfigError, parse_overrides
 from agent.evaluate import evaluation_seed
 from agent.runs import RunFolder, RunFolderError, read_metrics, safe_name
-from agent.sweep import config_differences
+from agent.sweep import run_differences
 from agent.trainer import set_threads
 
 FRESH_SEED = 12345  # `agent eval`'s default seed: never used by training or its evaluations
@@ -57,15 +57,12 @@ def resumable_seed(args: argparse.Namespace, run_dir: Path) -> int:
     """The seed of a run folder that this command began (a session that ended, a killed process).
     SystemExit if it is not a run, or was run with another config (another command or version)."""
     try:
-        found = RunFolder.read_config_of(run_dir)
-        seed = int(found["seed"])
-        found = from_dict({**found, "threads": args.threads}).to_dict()
+        seed = int(RunFolder.read_config_of(run_dir)["seed"])
+        differences = run_differences(run_dir, seed_config(args, seed).to_dict(), args.threads, "here")
     except (RunFolderError, ConfigError, KeyError, TypeError, ValueError) as error:
         raise SystemExit(f"--resume {run_dir}: not a run folder of this version ({error})") from None
-    differences = config_differences(found, seed_config(args, seed).to_dict())
     if differences:
-        named = "; ".join(f"{key}: {a!r} there, {b!r} here" for key, a, b in differences)
-        raise SystemExit(f"--resume {run_dir}: that run was not begun by this command ({named})")
+        raise SystemExit(f"--resume {run_dir}: that run was not begun by this command ({'; '.join(differences)})")
     return seed
 
 
