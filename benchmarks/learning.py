@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--ppo", action="store_true", help="also run SB3 PPO (tuned CartPole settings) side by side")
     parser.add_argument("--ppo-steps", type=int, default=100_000, help="PPO's budget if it never reaches the threshold")
     args = parser.parse_args()
+    commit = code_commit()  # now, not when the JSON is written: the checkout may move during a run of an hour
     set_threads(args.threads)  # PPO's torch too
     out = args.out or Path("benchmarks/results") / f"learning-{safe_name(args.env)}-{args.quantizer}-{args.preset}.json"
     console = Console() if Console().is_terminal else Console(width=160)  # logs get the whole table
@@ -253,7 +254,7 @@ def main() -> None:
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
     console.print(summary)
-    payload = {"args": vars(args), "commit": code_commit(), "summary": summary, "seeds": results}
+    payload = {"args": vars(args), "commit": commit, "summary": summary, "seeds": results}
     if args.ppo:
         ppo = [run_ppo(args, seed, console) for seed in args.seeds]
         side = {

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import learning  # benchmarks/learning.py
 import numpy as np
 import pytest
 import suite  # benchmarks/suite.py (benchmarks/ is on pytest's path)
@@ -61,8 +62,12 @@ def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_co
     command = ["learning.py", "--env", "CartPole-v1", "--preset", "tiny", "--steps", "400", "--eval-every", "100",
                "--set", "train.prefill=50", "--resume", str(run_dir), "--out", str(out)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", command)
+    ran = []  # the checkout moves while the run goes on: the JSON names the code the process began with
+    monkeypatch.setattr(learning, "run_seed", lambda *a: ran.append(1) or run_seed(*a))
+    monkeypatch.setattr(learning, "code_commit", lambda: "moved" if ran else "begun")
     learning_main()
     written = json.loads(out.read_text())
+    assert ran and written["commit"] == "begun"
     assert written["args"]["resume"] == [str(run_dir)] and written["args"]["seeds"] == [3]
     assert [point["step"] for point in written["seeds"][0]["curve"]] == steps and written["seeds"][0]["resumes"] == 2
 
