@@ -228,11 +228,11 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, 
     return [(key, a.get(key), b.get(key)) for key in keys if a.get(key) != b.get(key)]
 
 
-def run_differences(path: Path, wanted: dict[str, Any], threads: int, here: str) -> list[str]:
-    """'key: value there, value <here>' for every setting where the run folder's config differs from `wanted`,
-    both compared as validated configs (a key added since the run began takes its default on both sides) with
-    the same thread count. ConfigError if its config.json is not a config; RunFolderError if unreadable."""
-    found = from_dict({**RunFolder.read_config_of(path), "threads": threads}).to_dict()
+def run_differences(found: dict[str, Any], wanted: dict[str, Any], threads: int, here: str) -> list[str]:
+    """'key: value there, value <here>' for every setting where a run folder's config (`found`, as read from its
+    config.json) differs from `wanted`, both compared as validated configs (a key added since the run began takes
+    its default on both sides) with the same thread count. ConfigError if `found` is not a config."""
+    found = from_dict({**found, "threads": threads}).to_dict()
     wanted = from_dict({**wanted, "threads": threads}).to_dict()
     return [f"{key}: {a!r} there, {b!r} {here}" for key, a, b in config_differences(found, wanted)]
 
@@ -254,7 +254,7 @@ def train_run(run_dir: str, config: dict[str, Any], threads: int, stop_file: str
         return {"status": "stopped"}
     if (path / "config.json").exists():
         try:  # named, because a default that changed since the run began (a new version) differs too
-            differences = run_differences(path, config, threads, "in the sweep")
+            differences = run_differences(RunFolder.read_config_of(path), config, threads, "in the sweep")
         except ConfigError as error:
             return {"status": "failed", "error": f"{path / 'config.json'}: {error}"}
         if differences:

@@ -57,8 +57,9 @@ def resumable_seed(args: argparse.Namespace, run_dir: Path) -> int:
     """The seed of a run folder that this command began (a session that ended, a killed process).
     SystemExit if it is not a run, or was run with another config (another command or version)."""
     try:
-        seed = int(RunFolder.read_config_of(run_dir)["seed"])
-        differences = run_differences(run_dir, seed_config(args, seed).to_dict(), args.threads, "here")
+        found = RunFolder.read_config_of(run_dir)
+        seed = int(found["seed"])
+        differences = run_differences(found, seed_config(args, seed).to_dict(), args.threads, "here")
     except (RunFolderError, ConfigError, KeyError, TypeError, ValueError) as error:
         raise SystemExit(f"--resume {run_dir}: not a run folder of this version ({error})") from None
     if differences:
