@@ -103,7 +103,7 @@ class EntropyCoefficient(nn.Module):
     """The weight of the actor's entropy bonus: fixed at `initial` (target 0), or adapted towards a target
     entropy, a fraction of the policy's largest (SAC's temperature). A fixed bonus that keeps one game
     exploring keeps another's policy uniform: where the advantages are small (sparse rewards, returns
-    under the scale's floor of 1) the bonus outweighs them and the policy never commits (README: MinAtar).
+    under the scale's floor of 1) the bonus outweighs them and the policy never commits (docs/results.md: MinAtar).
 
     After each actor step its log moves by RATE * (target - entropy / largest entropy), within
     [LOWEST, HIGHEST]; like ReturnNorm, `next` computes the value and the trainer `commit`s it once the step
@@ -159,7 +159,7 @@ class ActorCritic(nn.Module):
         self.backprop = mode == "dynamics"
         # The imagined states in bf16 too (rollout products, one shared cast for the heads) only where no actor
         # gradient flows back through them: paired DMC runs of the dynamics-backprop actor scored lower so
-        # (README: DMC), and its heads' gradients would be summed in bf16.
+        # (docs/results.md: DMC), and its heads' gradients would be summed in bf16.
         self.imagined_bf16 = bf16 and not self.backprop
 
     def policy(self, feat: Tensor) -> OneHotPolicy | BoundedNormal:
@@ -221,7 +221,7 @@ class ActorCritic(nn.Module):
         if self.backprop:
             # The mean follows the returns' gradient through the model; the std follows REINFORCE's
             # score-function term. Through the straight-through codes the returns' gradient is biased,
-            # and its bias narrowed the std to its floor even where rewards say nothing (README: Exploration).
+            # and its bias narrowed the std to its floor even where rewards say nothing (docs/results.md: Exploration).
             objective = returns / scale + policy.detached(loc=True).log_prob(actions.detach()) * advantage
         else:
             objective = policy.log_prob(actions.detach()) * advantage

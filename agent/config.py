@@ -42,7 +42,7 @@ class ModelConfig:
     dyn_scale: float = 0.5  # weight of the dynamics loss (trains the prior)
     rep_scale: float = 0.1  # weight of the representation loss (pulls the posterior to the prior)
     # weights of the reward and continuation losses (DreamerV3: 1 each, as the decoder's); their gradients are
-    # what shapes the representation towards rare events the decoder's cells say little about (README: MinAtar;
+    # what shapes the representation towards rare events the decoder's cells say little about (docs/results.md: MinAtar;
     # 10 each for images of on/off cells, OBS_DEFAULTS)
     reward_scale: float = 1.0
     cont_scale: float = 1.0  # weight of the continuation loss (see reward_scale)
@@ -74,7 +74,7 @@ class ActorCriticConfig:
     starts: int = 256  # imagination start states per update, drawn from the replayed ones (0: all)
     # actor-critic gradient steps per update, each from its own draw of starts in the same replayed batch:
     # more policy improvement per world-model step, for about a third more time each (MinAtar: 2,
-    # SUITE_DEFAULTS; README: MinAtar)
+    # SUITE_DEFAULTS; docs/results.md: MinAtar)
     repeats: int = 1
     critic_bins: int = 63  # two-hot bins of the critic
     slow_critic_decay: float = 0.98  # EMA decay of the slow critic
@@ -84,8 +84,8 @@ class ActorCriticConfig:
     replay_value: float = 0.3
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
     # magnitude: advantages / max(1, P95 - P5, |P5|, |P95|), so that model errors, which grow with the size
-    # of what it predicts, do not outweigh the entropy bonus when the returns hardly vary (README:
-    # Exploration); spread: / max(1, P95 - P5), DreamerV3's
+    # of what it predicts, do not outweigh the entropy bonus when the returns hardly vary
+    # (docs/results.md: Exploration); spread: / max(1, P95 - P5), DreamerV3's
     return_scale: str = "magnitude"  # magnitude | spread
     actor_lr: float = 1e-4  # Adam learning rate of the actor (MinAtar: 3e-4, SUITE_DEFAULTS)
     critic_lr: float = 3e-4  # a faster critic than DreamerV3's: with few updates it otherwise lags far behind
@@ -107,7 +107,7 @@ class TrainConfig:
     # the same for discrete actions, as Gumbel-max samples of the policy from the colored noise (runs of one
     # action while the policy is unsure). Off (0: the categorical sampled directly): pink found less reward
     # than uniform actions on 4 of 5 MinAtar games, did not raise Freeway's score and reached CartPole's
-    # 475 on 2 seeds of 3 against 3 (README: MinAtar)
+    # 475 on 2 seeds of 3 against 3 (docs/results.md: MinAtar)
     discrete_noise_color: float = 0.0  # the same for discrete actions (Gumbel-max): 0 off, 1 pink, 2 red
     envs: int = 1  # environments stepped together; acting is batched across them
     vector: str = "sync"  # sync: all in this process (cheap envs); async: a process each (expensive envs)
@@ -215,22 +215,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 OBS_DEFAULTS: dict[str, dict[str, Any]] = {
     "vector": {},
     # MinAtar's 10x10 frames: two small convolutions; an update costs about what a vector task's does
-    # (Breakout 221 ms, CartPole 154 ms; README: Speed), so the defaults hold
+    # (Breakout 221 ms, CartPole 154 ms; docs/results.md: Speed), so the defaults hold
     "small_image": {},
     # 64x64 frames: four stride-2 stages from 32 channels made an update 1.4 s, 96% of it the world model's,
-    # mostly its encoder and decoder; from 16, 0.66 s (1.7M parameters; README: Speed). DreamerV3 scales its
+    # mostly its encoder and decoder; from 16, 0.66 s (1.7M parameters; docs/results.md: Speed). DreamerV3 scales its
     # CNN with the model: its XS (deter 256, twice this default's) uses 24 channels.
     "image": {"model.cnn_depth": 16},
     # MinAtar's frames (one cell per object): under squared error the decoder lit a third of Asterix's player
     # cells and its model caught 2-7% of the rewards; a Bernoulli per cell brings the cells back (92-98%), and
     # reward and continuation weighted 10 (the decoder's gradient comes from every cell, theirs from a few
-    # hundred events) made Asterix's model catch 84% of the rewards and 92% of the deaths (README: MinAtar)
+    # hundred events) made Asterix's model catch 84% of the rewards and 92% of the deaths (docs/results.md: MinAtar)
     "binary_image": {"model.image_likelihood": "bernoulli", "model.reward_scale": 10.0, "model.cont_scale": 10.0},
 }
 
 # Defaults that the environment's action space chooses (agent.make_env_config reads the spaces): applied
 # over those of the observation kind, under a suite's, a named preset and --set. Measured with 3 seeds each
-# (README: Exploration).
+# (docs/results.md: Exploration).
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     # CartPole-v1 first evaluated >= 475 within 10k env steps on 3/3 seeds at 0.985, on 1/3 at 0.997
     "discrete": {"actor_critic.gamma": 0.985},
@@ -245,13 +245,13 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
     # DreamerV3's action repeat for DMC (its scores count env steps, as ours do). The train ratio counts
     # stored steps, so it doubles with the repeat: 64 replayed steps per env step as everywhere else, i.e.
     # 12,500 updates in 100k env steps: 31 minutes for a run alone on 2 cores, 47-50 with two runs at a time
-    # (README: Standard suites). The scores look limited by updates (DreamerV3 uses 512).
+    # (docs/results.md: Standard suites). The scores look limited by updates (DreamerV3 uses 512).
     "dm_control": {"action_repeat": 2, "train.train_ratio": 128.0},
     # Breakout's policy committed by 10k env steps (entropy 0.14 of ln 3) with the paddle parked in the middle,
     # and a near-deterministic policy never samples the runs of moves that reach a far ball: a 33x entropy
     # bonus with a 3x faster actor, and two actor-critic steps per world-model step, kept it exploring.
     # Breakout over 3 seeds: 6.0 before, 8.8 with these, 10.8 with these and the binary-image defaults
-    # (README: MinAtar). Their cost: about 1.3x the update time (the actor-critic's share doubles).
+    # (docs/results.md: MinAtar). Their cost: about 1.3x the update time (the actor-critic's share doubles).
     "MinAtar": {"actor_critic.entropy": 0.01, "actor_critic.actor_lr": 3e-4, "actor_critic.repeats": 2},
 }
 

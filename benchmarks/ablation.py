@@ -6,7 +6,7 @@ final and best evaluation) and `agent compare`'s report over the finished ones.
     python benchmarks/ablation.py runs/ablation-CartPole-v1 --threshold 475
     agent plot runs/ablation-CartPole-v1 --out benchmarks/results/ablation-CartPole-v1.png
 
-Beside the JSON it writes the comparison as a Markdown table (ablation-<env>.md), for the README.
+Beside the JSON it writes the comparison as a Markdown table (ablation-<env>.md), for docs/results.md.
 Runs that have not finished are exported with their curve so far, so that a grid spread over several
 sessions adds up; the report covers finished runs only.
 """

@@ -4,7 +4,7 @@
 - colored: the action is the argmax of one colored Gaussian sequence per action (agent.noise), which is
   how the agent explores with `train.discrete_noise_color` (each step's action is still uniform on its own).
 A sparse-reward game such as MinAtar Freeway pays a random walk almost nothing, which leaves a world model
-no rewards to learn from (README: MinAtar). Also the mean return of each constant action over episodes with
+no rewards to learn from (docs/results.md: MinAtar). Also the mean return of each constant action over episodes with
 seeds 0, 1, ... (Freeway's always-up: 0 to 39 by seed, as the cars' timing lets it through or not).
 
     python benchmarks/persistence.py --env MinAtar/Freeway-v1

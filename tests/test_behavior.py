@@ -312,7 +312,7 @@ def tiny_imagination_start(env_id, precision):
                                                                ("Pendulum-v1", "bfloat16", torch.float32)])  # fmt: skip
 def test_imagination_multiplies_in_bf16_only_where_no_actor_gradient_flows_through_it(env_id, precision, expected):
     """Discrete actions (REINFORCE): the rollout's products in the model's precision. Continuous actions learn
-    through the rollout, whose products stay float32 (paired DMC runs scored lower with bf16 ones: README)."""
+    through the rollout, whose products stay float32 (paired DMC runs scored lower with bf16 ones: docs/results.md)."""
     world_model, ac, start = tiny_imagination_start(env_id, precision)
     record = MatmulDtypes()
     with record:

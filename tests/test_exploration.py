@@ -1,5 +1,5 @@
 """With rewards that say nothing, the default policy keeps exploring: its entropy must not collapse
-(README: Exploration). MountainCar's dynamics with -1 on every step and no termination, registered by
+(docs/results.md: Exploration). MountainCar's dynamics with -1 on every step and no termination, registered by
 benchmarks/entropy.py (on pytest's path), which measures the same for longer (20,000 env steps).
 The continuous policy's std collapsed later (~8k env steps) under the gradient through the model;
 tests/test_world_model.py checks the gradient routing that keeps it."""
@@ -11,7 +11,7 @@ import pytest
 from agent import Trainer
 
 MAX_ENTROPY = {"discrete": math.log(3), "continuous": 0.5 + 0.5 * math.log(2 * math.pi)}  # the std's cap is 1
-STEPS = 2000  # 1,000 random, then 125 updates: where a random start used to dip to 81% (README)
+STEPS = 2000  # 1,000 random, then 125 updates: where a random start used to dip to 81% (docs/results.md)
 
 
 @pytest.mark.slow
