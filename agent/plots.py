@@ -36,10 +36,14 @@ def save_figure(figure: Figure, path: Path) -> Path:
 def curves_figure(aggregated: dict[str, dict[str, dict[str, Any]]], ylabel: str, title: str) -> Figure:
     """analysis.aggregate_groups' result -> a panel per env, a line per group with its shaded interval."""
     figure, axes = new_figure(len(aggregated), width=8.0, row_height=3.6)
+    # a group keeps its colour in every panel, also in one where an earlier group has no runs
+    names = list(dict.fromkeys(name for groups in aggregated.values() for name in groups))
     for ax, (env_id, groups) in zip(axes, aggregated.items(), strict=True):
         for name, curve in groups.items():
-            (line,) = ax.plot(curve["steps"], curve["center"], linewidth=1.8, label=f"{name} (n={curve['runs']})")
-            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+            color = f"C{names.index(name) % 10}"
+            label = f"{name} (n={curve['runs']})"
+            ax.plot(curve["steps"], curve["center"], color=color, linewidth=1.8, label=label)
+            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=color, alpha=0.2, linewidth=0)
         ax.set_title(env_id, fontsize="medium")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -131,6 +131,17 @@ def test_the_curves_figure_has_a_line_and_band_per_group():
     assert len(ax.get_lines()) == 2 and len(ax.collections) == 2 and ax.get_xlabel() == "env steps"
 
 
+def test_a_group_keeps_its_colour_in_a_panel_where_another_group_has_no_runs():
+    from agent.analysis import aggregate_groups
+    from agent.plots import curves_figure
+
+    run = (np.array([0, 10]), np.array([0.0, 1.0]))
+    curves = {"Breakout": {"agent": [run], "DQN": [run]}, "Seaquest": {"DQN": [run]}}
+    first, second = curves_figure(aggregate_groups(curves, "mean"), "return", "suite").get_axes()
+    dqn_first = [line for line in first.get_lines() if line.get_label().startswith("DQN")]
+    assert dqn_first[0].get_color() == second.get_lines()[0].get_color() != first.get_lines()[0].get_color()
+
+
 def test_tensorboard_scalars_continue_across_a_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
