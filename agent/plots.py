@@ -37,13 +37,13 @@ def curves_figure(aggregated: dict[str, dict[str, dict[str, Any]]], ylabel: str,
     """analysis.aggregate_groups' result -> a panel per env, a line per group with its shaded interval."""
     figure, axes = new_figure(len(aggregated), width=8.0, row_height=3.6)
     # a group keeps its colour in every panel, also in one where an earlier group has no runs
-    names = list(dict.fromkeys(name for groups in aggregated.values() for name in groups))
+    names = dict.fromkeys(name for groups in aggregated.values() for name in groups)
+    colors = {name: f"C{index % 10}" for index, name in enumerate(names)}
     for ax, (env_id, groups) in zip(axes, aggregated.items(), strict=True):
         for name, curve in groups.items():
-            color = f"C{names.index(name) % 10}"
             label = f"{name} (n={curve['runs']})"
-            ax.plot(curve["steps"], curve["center"], color=color, linewidth=1.8, label=label)
-            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=color, alpha=0.2, linewidth=0)
+            ax.plot(curve["steps"], curve["center"], color=colors[name], linewidth=1.8, label=label)
+            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
         ax.set_title(env_id, fontsize="medium")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
