@@ -36,6 +36,17 @@ SETTINGS = {  # name -> (env id, observation mode)
 }
 
 
+def update_times(trainer, repeats: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls of `trainer.update()`, after `warmup` untimed ones."""
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        trainer.update()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def child(env_id: str, obs: str, repeats: int, warmup: int, overrides: dict[str, str]) -> None:
     import torch
 
@@ -52,12 +63,7 @@ def child(env_id: str, obs: str, repeats: int, warmup: int, overrides: dict[str,
     trainer = Trainer(agent)
     for _ in range(max(config.train.seq_len * 2, 300)):
         trainer.collect()
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        trainer.update()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
+    times = update_times(trainer, repeats, warmup)
     parameters = sum(p.numel() for p in agent.world_model.parameters())  # says which network each side timed
     result = {"median_ms": statistics.median(times), "min_ms": min(times), "world_model_parameters": parameters}
     print(json.dumps(result))
