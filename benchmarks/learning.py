@@ -133,6 +133,7 @@ def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     hp = dict(PPO_CARTPOLE)
     total = hp.pop("n_timesteps")
@@ -140,6 +141,7 @@ def run_ppo(args: argparse.Namespace, seed: int, console: Console) -> dict:
     env = make_vec_env(args.env, n_envs=hp.pop("n_envs"), seed=seed)
     model = PPO("MlpPolicy", env, learning_rate=lambda p: p * lr, clip_range=lambda p: p * clip, seed=seed,
                 device="cpu", verbose=0, **hp)  # fmt: skip
+    model.set_logger(Logger(None, []))  # SB3's default logger leaves an empty folder in /tmp per run
     curve: list[dict] = []
     start = time.perf_counter()
 

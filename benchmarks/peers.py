@@ -107,6 +107,7 @@ def sb3_mean_return(model: BaseAlgorithm, vector: gym.vector.VectorEnv, seed: in
 
 def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     env = envs.make(args.env, action_repeat=args.action_repeat)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
@@ -114,6 +115,7 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         raise SystemExit(f"error: {args.algo} needs {'discrete' if args.algo == 'dqn' else 'continuous'} actions")
     agent_steps = args.steps // args.action_repeat
     model = make_model(args.algo, env, seed, agent_steps, args.action_repeat)
+    model.set_logger(Logger(None, []))  # SB3's default logger leaves an empty folder in /tmp per run
     vector = envs.make_vector(args.env, args.eval_episodes, action_repeat=args.action_repeat)  # built once
     curve: list[dict] = []
     start = time.perf_counter()

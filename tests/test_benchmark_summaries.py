@@ -313,3 +313,21 @@ def test_update_speed_refuses_a_malformed_override(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         update_speed.main()
     assert str(exit_info.value).startswith("error:") and not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("stable_baselines3") is None, reason="needs stable-baselines3")
+def test_the_peer_baselines_leave_no_log_folder_in_the_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    import peers  # benchmarks/peers.py
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where SB3's default logger makes its folder
+    console = Console(file=io.StringIO())
+    ppo_args = argparse.Namespace(env="CartPole-v1", eval_every=256, threshold=1e9, ppo_steps=256)
+    assert learning.run_ppo(ppo_args, seed=0, console=console)["curve"]  # it trained and evaluated
+    dqn_args = argparse.Namespace(algo="dqn", env="CartPole-v1", steps=200, action_repeat=1, eval_every=100,
+                                  eval_episodes=2)  # fmt: skip
+    assert len(peers.run_seed(dqn_args, seed=0, console=console)["curve"]) == 2
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("SB3-")] == []  # torch may cache there
