@@ -57,15 +57,16 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="inductor's cache (default: a fresh temporary folder)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as fresh:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_dir or fresh)  # read when inductor first compiles
-        result = measure(args)
     from learning import code_commit  # benchmarks/
     from rich import print as rich_print
 
     from agent.checkpoint import atomic_write_text
 
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commit": code_commit(Path(".")), **result}
+    commit = code_commit()  # before measuring, as learning.py: the checkout may move meanwhile
+    with tempfile.TemporaryDirectory() as fresh:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_dir or fresh)  # read when inductor compiles
+        result = measure(args)
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commit": commit, **result}
     rich_print(result)
     out = args.out or Path(f"benchmarks/results/compile-speed-{args.env.replace('/', '_')}-{'+'.join(args.parts)}.json")
     atomic_write_text(out, json.dumps(payload, indent=1))
