@@ -85,7 +85,7 @@ def measure(args: argparse.Namespace) -> dict:
     eager = update_ms(trainer, args.repeats, args.warmup)
     compile_parts(trainer, args.parts)
     start = time.perf_counter()
-    for _ in range(2):  # the actor-critic's second step in an update (MinAtar's repeats) traces nothing new
+    for _ in range(2):  # a recompile that the first compiled update's changes cause is counted here, not timed
         trainer.update()
     compile_s = time.perf_counter() - start
     compiled = update_ms(trainer, args.repeats, args.warmup)
