@@ -47,6 +47,13 @@ def compile_parts(trainer, parts: list[str]) -> None:
         ac.loss = torch.compile(ac.loss, dynamic=False)
 
 
+def eager_parts(trainer) -> None:
+    """Undo `compile_parts`: the classes' own (eager) methods again."""
+    wm, ac = trainer.agent.world_model, trainer.agent.actor_critic
+    for module, name in ((wm, "loss"), (ac, "imagine"), (ac, "loss")):
+        module.__dict__.pop(name, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
@@ -89,9 +96,7 @@ def measure(args: argparse.Namespace) -> dict:
         trainer.update()
     compile_s = time.perf_counter() - start
     compiled = update_ms(trainer, args.repeats, args.warmup)
-    for module, name in ((trainer.agent.world_model, "loss"), (trainer.agent.actor_critic, "imagine"),
-                         (trainer.agent.actor_critic, "loss")):  # fmt: skip
-        module.__dict__.pop(name, None)  # the class's own (eager) method again
+    eager_parts(trainer)
     eager_after = update_ms(trainer, args.repeats, args.warmup)  # eager on both sides of the compiled: drift shows
     return {"env_id": args.env, "parts": args.parts, "threads": args.threads, "eager_ms": [eager, eager_after],
             "compiled_ms": compiled, "speedup": (eager + eager_after) / 2 / compiled, "first_two_updates_s": compile_s,

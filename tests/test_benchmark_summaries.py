@@ -331,3 +331,24 @@ def test_the_peer_baselines_leave_no_log_folder_in_the_temporary_directory(tmp_p
                                   eval_episodes=2)  # fmt: skip
     assert len(peers.run_seed(dqn_args, seed=0, console=console)["curve"]) == 2
     assert [p.name for p in temporary.iterdir() if p.name.startswith("SB3-")] == []  # torch may cache there
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # compile imports
+def test_compile_speed_swaps_compiled_parts_in_and_the_eager_methods_back_and_times_only_the_repeats():
+    import compile_speed  # benchmarks/compile_speed.py
+
+    from agent.behavior import ActorCritic
+    from agent.world_model import WorldModel
+
+    trainer = Trainer.create("CartPole-v1", preset="tiny", seed=0, train={"prefill": 50})
+    for _ in range(60):
+        trainer.collect()
+    wm, ac = trainer.agent.world_model, trainer.agent.actor_critic
+    compile_speed.compile_parts(trainer, list(compile_speed.PARTS))  # compiles lazily, on a first call: none here
+    assert {"loss"} <= set(vars(wm)) and {"imagine", "loss"} <= set(vars(ac))
+    compile_speed.eager_parts(trainer)
+    assert (wm.loss.__func__, ac.imagine.__func__, ac.loss.__func__) == (WorldModel.loss, ActorCritic.imagine,
+                                                                         ActorCritic.loss)  # fmt: skip
+    updates = trainer.counters["updates"]
+    times = compile_speed.update_times(trainer, repeats=2, warmup=1)
+    assert len(times) == 2 and all(t > 0 for t in times) and trainer.counters["updates"] == updates + 3
