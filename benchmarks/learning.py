@@ -12,6 +12,10 @@ Writes JSON and prints a rich summary. Runs the seeds one after another (2 cores
     python benchmarks/learning.py --ppo          # and SB3 PPO side by side (pip install -e ".[bench]")
     python benchmarks/learning.py <same options> --resume runs/benchmarks/<run>  # go on with a stopped run
 
+A run folder this script begins keeps a small record (benchmark.json): the commit the run began at and the peak
+memory of every process that trained it, so that a run stopped and finished with --resume still names both
+(each seed's commit_began and peak_rss_mib; the JSON's top-level commit is the last process's).
+
 With --ppo, Stable-Baselines3's PPO with rl-baselines3-zoo's tuned CartPole-v1 settings runs on the
 same seeds and the same evaluation protocol (10 deterministic episodes on fresh seeds every 1,000
 env steps, counted in its wall-clock) until it first reaches the threshold or --ppo-steps.
@@ -67,8 +71,35 @@ def resumable_seed(args: argparse.Namespace, run_dir: Path) -> int:
     return seed
 
 
-def run_seed(args: argparse.Namespace, seed: int, console: Console, resume: Path | None = None) -> dict:
-    """Train one seed to args.steps (or go on with the run folder `resume` from its last checkpoint)."""
+RECORD = "benchmark.json"  # in a run folder: the commit its first process began at, the peak memory of every process
+
+
+def read_record(run_dir: Path) -> dict:
+    """A run folder's benchmark record; {} for a run that this script did not begin (or began before it kept one)."""
+    try:
+        record = json.loads((run_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def keep_peak(run_dir: Path) -> dict:
+    """Fold this process's peak memory so far into the run folder's record (at every evaluation, so that a process
+    stopped mid-run has left its peak there too); returns the record. Seeds run one after another in a process,
+    so a later seed's peak includes the earlier ones'."""
+    record = read_record(run_dir)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["peak_rss_mib"] = max(peak, record.get("peak_rss_mib", 0))
+    atomic_write_text(run_dir / RECORD, json.dumps(record))
+    return record
+
+
+def run_seed(
+    args: argparse.Namespace, seed: int, console: Console, resume: Path | None = None, commit: str | None = None
+) -> dict:
+    """Train one seed to args.steps (or go on with the run folder `resume` from its last checkpoint). commit: the
+    code this process runs, kept in a new run's folder, so that a run finished by later processes still names
+    the commit it began at."""
     curve: list[dict] = []
     update_ms: list[float] = []
 
@@ -79,11 +110,13 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console, resume: Path
             curve.append({"step": line["step"], "seconds": line["time/seconds"], "return": line["eval_return_mean"]})
             step, value, seconds = line["step"], line["eval_return_mean"], line["time/seconds"]
             console.log(f"seed {seed}: step {step:>7,}  eval {value:8.1f}  {seconds:7.1f} s")
+            keep_peak(run_dir)
 
     if resume is None:
         name = f"{safe_name(args.env)}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = args.runs / name
         trainer = Trainer(Agent.from_config(seed_config(args, seed)), run_dir)
+        atomic_write_text(run_dir / RECORD, json.dumps({"commit": commit}))
     else:
         run_dir = resume
         try:
@@ -98,6 +131,7 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console, resume: Path
     seconds = trainer.seconds_before  # the run's whole training time, over every process that trained it
     reached = next((point for point in curve if point["return"] >= args.threshold), None)
     fresh = evaluate(Agent.load(run_dir, which="best"), 10, FRESH_SEED)
+    record = keep_peak(run_dir)
     return {
         "seed": seed,
         "run_dir": str(run_dir),
@@ -116,9 +150,8 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console, resume: Path
         "config": {"action_repeat": config.action_repeat, "train_ratio": config.train.train_ratio},
         "nonfinite_updates": trainer.nonfinite["total"],
         "resumes": trainer.resumes,  # processes that went on from a checkpoint (the curve is one run's all the same)
-        # the process's peak so far (seeds run one after another, so later seeds include earlier ones; a resumed
-        # run's, this process's)
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "commit_began": record.get("commit"),  # None for a run begun before its folder kept the record
+        "peak_rss_mib": record["peak_rss_mib"],
         "curve": curve,
     }
 
@@ -243,7 +276,7 @@ def main() -> None:
         args.seeds = [seed for seed, _ in jobs]
     else:
         jobs = [(seed, None) for seed in args.seeds]
-    results = [run_seed(args, seed, console, run_dir) for seed, run_dir in jobs]
+    results = [run_seed(args, seed, console, run_dir, commit) for seed, run_dir in jobs]
     console.print(summary_table(args, results))
     reached = [r for r in results if r["steps_to_threshold"] is not None]
     summary = {

@@ -81,6 +81,19 @@ def test_a_stopped_learning_run_goes_on_from_its_checkpoint_and_only_with_the_co
         run_seed(args, 3, Console(file=io.StringIO()), run_dir)
 
 
+def test_a_run_finished_by_later_processes_names_the_commit_it_began_at_and_the_peak_memory_of_all(tmp_path):
+    args = argparse.Namespace(env="CartPole-v1", quantizer="categorical", preset="tiny", steps=200, eval_every=100,
+                              threshold=1e9, threads=1, set=["train.prefill=50"], runs=tmp_path)  # fmt: skip
+    first = run_seed(args, 0, Console(file=io.StringIO()), commit="began")
+    assert first["commit_began"] == "began" and first["peak_rss_mib"] > 0
+    run_dir = Path(first["run_dir"])
+    record = json.loads((run_dir / learning.RECORD).read_text())
+    (run_dir / learning.RECORD).write_text(json.dumps({**record, "peak_rss_mib": 1e9}))  # an earlier process's peak
+    again = run_seed(args, 0, Console(file=io.StringIO()), run_dir, commit="moved")  # goes on to nothing: finished
+    assert again["commit_began"] == "began" and again["peak_rss_mib"] == 1e9
+    assert learning.read_record(tmp_path) == {}  # no record: a run this script did not begin
+
+
 def test_a_learning_figure_names_the_commit_that_produced_it():
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
