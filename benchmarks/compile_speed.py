@@ -68,6 +68,7 @@ def main() -> None:
     from rich import print as rich_print
 
     from agent.checkpoint import atomic_write_text
+    from agent.runs import safe_name
 
     commit = code_commit()  # before measuring, as learning.py: the checkout may move meanwhile
     with tempfile.TemporaryDirectory() as fresh:
@@ -75,7 +76,7 @@ def main() -> None:
         result = measure(args)
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "commit": commit, **result}
     rich_print(result)
-    out = args.out or Path(f"benchmarks/results/compile-speed-{args.env.replace('/', '_')}-{'+'.join(args.parts)}.json")
+    out = args.out or Path(f"benchmarks/results/compile-speed-{safe_name(args.env)}-{'+'.join(args.parts)}.json")
     atomic_write_text(out, json.dumps(payload, indent=1))
     print(f"wrote {out}")
 

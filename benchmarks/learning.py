@@ -103,14 +103,15 @@ def run_seed(
     curve: list[dict] = []
     update_ms: list[float] = []
 
-    def on_log(line: dict) -> None:
+    def on_log(line: dict, live: bool = True) -> None:
         if "time/update_ms" in line:
             update_ms.append(line["time/update_ms"])
         if "eval_return_mean" in line:
             curve.append({"step": line["step"], "seconds": line["time/seconds"], "return": line["eval_return_mean"]})
             step, value, seconds = line["step"], line["eval_return_mean"], line["time/seconds"]
             console.log(f"seed {seed}: step {step:>7,}  eval {value:8.1f}  {seconds:7.1f} s")
-            keep_peak(run_dir)
+            if live:  # a resumed run's earlier lines, replayed below, add no peak of this process's
+                keep_peak(run_dir)
 
     if resume is None:
         name = f"{safe_name(args.env)}-{args.quantizer}-{args.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -124,7 +125,7 @@ def run_seed(
         except (RunFolderError, CheckpointError, ConfigError) as error:  # a run in use elsewhere, a corrupt checkpoint
             raise SystemExit(f"--resume {run_dir}: {error}") from None
         for line in read_metrics(run_dir):  # the evaluations before its checkpoint (resume cut the later ones)
-            on_log(line)
+            on_log(line, live=False)
     with trainer:
         trainer.learn(on_log=on_log)
     config = trainer.agent.config
